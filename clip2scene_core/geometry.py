@@ -1,0 +1,167 @@
+"""Geometry on frames: rigid transforms, projection into cameras, sweep aggregation, voxelisation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .frame import Camera, Frame
+
+
+def transform_points(transform: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a (4, 4) transform to (N, 3) points; returns float64 (N, 3)."""
+    return points @ transform[:3, :3].T + transform[:3, 3]
+
+
+def invert(transform: np.ndarray) -> np.ndarray:
+    """Inverse of a rigid (4, 4) transform."""
+    inverse = np.eye(4)
+    rotation = transform[:3, :3]
+    inverse[:3, :3] = rotation.T
+    inverse[:3, 3] = -rotation.T @ transform[:3, 3]
+    return inverse
+
+
+@dataclass
+class Projection:
+    """Where N points land in one camera.
+
+    uv: (N, 2) float32 pixel coordinates (u = column, v = row; (0, 0) is the centre of the top-left
+        pixel, as in OpenCV and ROS CameraInfo).
+    depth: (N,) float32 metres along the optical axis.
+    valid: (N,) bool, in front of the camera and inside the image (and, for RGB-D cameras,
+        consistent with the depth image).
+    """
+
+    uv: np.ndarray
+    depth: np.ndarray
+    valid: np.ndarray
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """(N, 2) int64 (row, column) of the pixel each point lands on; meaningful where valid."""
+        return np.floor(self.uv[:, ::-1] + 0.5).astype(np.int64)
+
+
+def _monotonic_radius_sq(k1: float, k2: float, k3: float) -> float:
+    """Largest r^2 for which plumb_bob's radial map r -> r (1 + k1 r^2 + k2 r^4 + k3 r^6) still grows.
+
+    Beyond it the polynomial folds back and would put points from far outside the field of view
+    inside the image, so such points are invalid.
+    """
+    # d/dr of the radial map, as a polynomial in s = r^2: 1 + 3 k1 s + 5 k2 s^2 + 7 k3 s^3.
+    roots = np.roots([7 * k3, 5 * k2, 3 * k1, 1.0]) if any((k1, k2, k3)) else np.array([])
+    positive = [r.real for r in roots if abs(r.imag) < 1e-12 and r.real > 0]
+    return min(positive) if positive else np.inf
+
+
+def project(points: np.ndarray, camera: Camera, min_depth_m: float = 0.1,
+            depth_tolerance_m: float = 0.1) -> Projection:
+    """Project (N, 3) LiDAR-frame points into one camera (pinhole, optional plumb_bob distortion)."""
+    cam = transform_points(camera.lidar_to_camera, np.asarray(points, dtype=np.float64))
+    depth = cam[:, 2]
+    in_front = depth > min_depth_m
+    safe_depth = np.where(in_front, depth, 1.0)
+    x = cam[:, 0] / safe_depth
+    y = cam[:, 1] / safe_depth
+    if camera.distortion_model == "plumb_bob" and np.any(camera.distortion):
+        k1, k2, p1, p2, k3 = camera.distortion
+        r2 = x * x + y * y
+        in_front &= r2 < _monotonic_radius_sq(k1, k2, k3)
+        radial = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
+        x, y = (x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x),
+                y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y)
+    K = camera.intrinsics
+    u = K[0, 0] * x + K[0, 1] * y + K[0, 2]
+    v = K[1, 1] * y + K[1, 2]
+    valid = in_front & (u >= -0.5) & (u < camera.width - 0.5) & (v >= -0.5) & (v < camera.height - 0.5)
+    projection = Projection(uv=np.stack([u, v], axis=1).astype(np.float32), depth=depth.astype(np.float32),
+                            valid=valid)
+    if camera.depth is not None:
+        rows, cols = projection.pixels[valid].T
+        measured = camera.depth[rows, cols]
+        agrees = (measured > 0) & (np.abs(measured - depth[valid]) <= depth_tolerance_m)
+        projection.valid[np.flatnonzero(valid)[~agrees]] = False
+    return projection
+
+
+def project_to_cameras(points: np.ndarray, cameras: list[Camera], **kwargs) -> list[Projection]:
+    """Project the same points into every camera; one Projection per camera, in order."""
+    return [project(points, camera, **kwargs) for camera in cameras]
+
+
+@dataclass
+class Aggregate:
+    """A sweep and its previous sweeps in the current sweep's LiDAR frame.
+
+    points: (M, 3) float32, current LiDAR frame; the current sweep's points come first.
+    sweep_index: (M,) int64, 0 for the current sweep, k for frame.sweeps[k - 1].
+    time_lag_s: (M,) float32, current stamp minus the sweep's stamp.
+    """
+
+    points: np.ndarray
+    sweep_index: np.ndarray
+    time_lag_s: np.ndarray
+
+
+def aggregate_sweeps(frame: Frame, n_sweeps: int | None = None) -> Aggregate:
+    """Bring the frame and up to n_sweeps - 1 previous sweeps into the frame's LiDAR frame.
+
+    Each sweep is moved with its own ego pose (motion compensation): the static world lines up
+    across sweeps while the vehicle moves. Moving objects still smear, as in any aggregation.
+    """
+    sweeps = [frame] + list(frame.sweeps)
+    if n_sweeps is not None:
+        sweeps = sweeps[:max(1, n_sweeps)]
+    world_to_current = invert(frame.lidar_pose)
+    points, index, lag = [], [], []
+    for k, sweep in enumerate(sweeps):
+        to_current = world_to_current @ sweep.lidar_pose
+        points.append(transform_points(to_current, sweep.points).astype(np.float32))
+        index.append(np.full(len(sweep), k, dtype=np.int64))
+        lag.append(np.full(len(sweep), (frame.stamp_ns - sweep.stamp_ns) * 1e-9, dtype=np.float32))
+    return Aggregate(np.concatenate(points), np.concatenate(index), np.concatenate(lag))
+
+
+@dataclass
+class Voxels:
+    """Points grouped into cubic voxels.
+
+    coords: (V, 3) int32 non-negative voxel indices (x, y, z) from `origin`.
+    point_to_voxel: (N,) int64, the voxel each point falls in.
+    voxel_to_point: (V,) int64, the first point of each voxel (a representative).
+    counts: (V,) int64 points per voxel.
+    origin: (3,) float64, the corner of voxel (0, 0, 0) in the points' frame, metres.
+    """
+
+    coords: torch.Tensor
+    point_to_voxel: torch.Tensor
+    voxel_to_point: torch.Tensor
+    counts: torch.Tensor
+    origin: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+
+def voxelize(points: np.ndarray | torch.Tensor, voxel_size_m: float) -> Voxels:
+    """Group (N, 3) points into voxels of edge voxel_size_m; runs on the points' device."""
+    if voxel_size_m <= 0:
+        raise ValueError(f"voxel_size_m must be positive, got {voxel_size_m}")
+    points = torch.as_tensor(points)
+    if points.ndim != 2 or points.shape[1] != 3 or len(points) == 0:
+        raise ValueError(f"voxelize needs (N, 3) points with N > 0, got {tuple(points.shape)}")
+    grid = torch.floor(points.double() / voxel_size_m).long()
+    low = grid.min(dim=0).values
+    grid -= low
+    extent = grid.max(dim=0).values + 1
+    key = (grid[:, 0] * extent[1] + grid[:, 1]) * extent[2] + grid[:, 2]
+    unique_keys, point_to_voxel = torch.unique(key, return_inverse=True)
+    n_voxels = len(unique_keys)
+    first = torch.full((n_voxels,), len(points), dtype=torch.long, device=points.device)
+    first.scatter_reduce_(0, point_to_voxel, torch.arange(len(points), device=points.device), reduce="amin")
+    counts = torch.bincount(point_to_voxel, minlength=n_voxels)
+    return Voxels(coords=grid[first].int(), point_to_voxel=point_to_voxel, voxel_to_point=first, counts=counts,
+                  origin=low.cpu().numpy() * voxel_size_m)

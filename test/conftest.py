@@ -1,0 +1,34 @@
+"""Test environment: offline, DDS isolated, deterministic; fixtures for the shared real samples."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CLIP2SCENE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+# No test touches the network: open_clip/Hugging Face must use local files only.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# DDS stays on this machine (shared memory) and in a domain of this test run's own.
+os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "SHM"
+os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
+os.environ.setdefault("ROS_LOG_DIR", str(ROOT / "build" / "ros_log"))
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data, or skip: the real samples live beside the repository, never inside it."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real sensor samples not found at {SHARED_DATA} (set CLIP2SCENE_SHARED_DATA to their folder)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """A folder for pictures a person may want to look at after the run (build/test-artifacts)."""
+    path = ROOT / "build" / "test-artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
