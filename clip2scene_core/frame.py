@@ -44,6 +44,9 @@ class Camera:
     stamp_ns: capture time, ns.
     label_image: optional (H, W) int64 raw label ids per pixel (synthetic world, 2D segmenters).
     depth: optional (H, W) float32 metres along the optical axis (RGB-D); 0 where unknown.
+    ego_pose: optional (4, 4) ego -> world at stamp_ns, when the source knows it and it differs from
+        the frame's (the camera fired at another time than the LiDAR); lets writers recover the static
+        camera-to-ego extrinsic from lidar_to_camera.
     """
 
     name: str
@@ -55,6 +58,7 @@ class Camera:
     distortion: np.ndarray = field(default_factory=lambda: np.zeros(5))
     label_image: np.ndarray | None = None
     depth: np.ndarray | None = None
+    ego_pose: np.ndarray | None = None
     frame_id: str = ""
 
     def __post_init__(self) -> None:
@@ -76,6 +80,8 @@ class Camera:
             extra = getattr(self, name)
             if extra is not None and np.shape(extra) != self.image.shape[:2]:
                 raise FrameError(f"{what}: {name} shape {np.shape(extra)} differs from the image's {self.image.shape[:2]}")
+        if self.ego_pose is not None:
+            self.ego_pose = _matrix(self.ego_pose, (4, 4), f"{what} ego_pose")
         self.stamp_ns = int(self.stamp_ns)
 
     @property

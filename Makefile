@@ -1,0 +1,34 @@
+# clip2scene: `make demo` runs the demo, `make test` the tests; both set up .venv first (idempotent).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.clip2scene-setup
+# Tests and demo run offline, with DDS kept on this machine.
+RUN_ENV := HF_HUB_OFFLINE=1 FASTDDS_BUILTIN_TRANSPORTS=SHM MPLBACKEND=Agg
+
+.PHONY: setup test demo bench colcon clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt setup.py CMakeLists.txt package.xml $(wildcard msg/*.msg) tools/build_interfaces.sh
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 10) <= v <= (3, 12) else "clip2scene needs Python 3.10-3.12, found %d.%d: run make PYTHON=python3.11" % v)'
+	@command -v cmake >/dev/null && (command -v c++ || command -v g++) >/dev/null || { echo "setup needs cmake and a C++ compiler: sudo apt-get install -y cmake g++" >&2; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	tools/build_interfaces.sh $(VENV) build/interfaces
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation --config-settings editable_mode=compat -e .
+	touch $@
+
+test: setup
+	$(RUN_ENV) $(PY) -m pytest
+
+demo: setup
+	$(RUN_ENV) $(VENV)/bin/clip2scene demo --out out/demo
+
+colcon: setup
+	$(RUN_ENV) AMENT_PREFIX_PATH=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
+	  $(VENV)/bin/colcon build --base-paths . --build-base build/colcon --install-base install \
+	  --cmake-args -DCMAKE_PREFIX_PATH=$(CURDIR)/$(VENV) -DPython3_EXECUTABLE=$(CURDIR)/$(PY) -DBUILD_TESTING=OFF
+
+clean:
+	rm -rf build install log out $(VENV)

@@ -1,0 +1,107 @@
+"""Plays any clip2scene data source on ROS 2 topics, as a vehicle's drivers would publish it.
+
+Topics (the same layout the bag reader and the recorder use):
+  <lidar_topic>                          sensor_msgs/PointCloud2 (x, y, z, intensity, ring, time[, label])
+  /<camera>/image_raw[/compressed]       sensor_msgs/Image (rgb8) or CompressedImage (jpeg)
+  /<camera>/camera_info                  sensor_msgs/CameraInfo
+  /<camera>/labels                       sensor_msgs/Image (mono16 label ids), when the source has them
+Run: python -m clip2scene_ros.sensor_publisher_node --ros-args -p source:=synthetic:frames=40,seed=0
+"""
+
+from __future__ import annotations
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+
+from clip2scene_core import messages as conv
+from clip2scene_core.data import open_source
+from clip2scene_core.data.rosbag2 import BagLayout, camera_namespace
+
+from . import conversions
+from .params import declare
+
+
+class SensorPublisher(Node):
+    def __init__(self):
+        super().__init__("clip2scene_sensor_publisher")
+        self.source_text = declare(self, "source", "synthetic:frames=40,seed=0,cameras=6",
+                                   "data source string to play (see `clip2scene inspect --help`)", read_only=True)
+        rate = declare(self, "rate_hz", 10.0, "frames per second", 0.1, 100.0)
+        self.loop = declare(self, "loop", False, "start again after the last frame")
+        self.restamp = declare(self, "restamp", True, "stamp messages with this node's clock instead of the source's")
+        compressed = declare(self, "compressed", True, "publish jpeg CompressedImage instead of rgb8 Image")
+        self.publish_labels = declare(self, "publish_labels", True,
+                                      "publish ground-truth labels (cloud field `label`, /<camera>/labels)")
+        self.exit_when_done = declare(self, "exit_when_done", True, "shut down after the last frame (without loop)")
+        lidar_topic = declare(self, "lidar_topic", "/lidar/points", "PointCloud2 topic", read_only=True)
+        reliability = declare(self, "reliability", "reliable", "QoS reliability: reliable or best_effort")
+        qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT if reliability == "best_effort"
+                         else ReliabilityPolicy.RELIABLE)
+
+        self.layout = BagLayout(lidar_topic=lidar_topic, compressed=compressed)
+        source = open_source(self.source_text)
+        self.get_logger().info(f"loading {len(source)} frames from {self.source_text}")
+        self.frames = list(source)  # rendering or decoding can be slower than real time: do it before playing
+        self.cloud_pub = self.create_publisher(PointCloud2, lidar_topic, qos)
+        self.camera_pubs = {}
+        for camera in self.frames[0].cameras if self.frames else []:
+            topic = self.layout.camera_topic(camera.name)
+            namespace = camera_namespace(topic).rstrip("/")
+            self.camera_pubs[camera.name] = (
+                self.create_publisher(CompressedImage if compressed else Image, topic, qos),
+                self.create_publisher(CameraInfo, f"{namespace}/camera_info", qos),
+                self.create_publisher(Image, f"{namespace}/labels", qos))
+        self.index = 0
+        self.published = 0
+        self.timer = self.create_timer(1.0 / rate, self.tick)
+
+    def tick(self) -> None:
+        if self.index >= len(self.frames):
+            if not self.loop:
+                self.timer.cancel()
+                self.get_logger().info(f"published {self.published} frames")
+                if self.exit_when_done:
+                    raise SystemExit(0)
+                return
+            self.index = 0
+        frame = self.frames[self.index]
+        self.index += 1
+        now_ns = self.get_clock().now().nanoseconds
+        shift = now_ns - frame.stamp_ns if self.restamp else 0
+        labels = frame.labels if self.publish_labels else None
+        cloud = conv.encode_cloud(frame.points, frame.fields, labels)
+        self.cloud_pub.publish(conversions.cloud_msg(cloud, conversions.header(frame.stamp_ns + shift,
+                                                                               frame.frame_id)))
+        for camera in frame.cameras:
+            if camera.name not in self.camera_pubs:
+                continue
+            image_pub, info_pub, label_pub = self.camera_pubs[camera.name]
+            header = conversions.header(camera.stamp_ns + shift, self.layout.camera_frame(camera))
+            make = conversions.compressed_msg if self.layout.compressed else conversions.image_msg
+            image_pub.publish(make(camera.image, header))
+            info_pub.publish(conversions.camera_info_msg(camera, header))
+            if self.publish_labels and camera.label_image is not None:
+                label_pub.publish(conversions.image_msg(camera.label_image, header))
+        self.published += 1
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = SensorPublisher()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException, SystemExit):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Message conversions, on the rosbags message classes and on rclpy's (both must decode alike)."""
+
+import io
+from types import SimpleNamespace as NS
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clip2scene_core import messages as conv
+from clip2scene_core.tf_tree import TransformError, TransformTree
+from frames import yaw_pose
+
+
+def cloud(fields, point_step, data, width, height=1, row_step=None, bigendian=False):
+    return NS(header=NS(stamp=NS(sec=12, nanosec=5), frame_id="lidar"), height=height, width=width,
+              fields=[NS(name=f[0], offset=f[1], datatype=f[2], count=1) for f in fields], is_bigendian=bigendian,
+              point_step=point_step, row_step=row_step if row_step is not None else point_step * width,
+              data=data, is_dense=False)
+
+
+def test_cloud_round_trip_keeps_points_fields_and_labels():
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(100, 3)).astype(np.float32)
+    fields = {"intensity": rng.random(100).astype(np.float32), "ring": rng.integers(0, 32, 100).astype(np.uint16),
+              "time": rng.random(100).astype(np.float32) * 0.1}
+    labels = rng.integers(0, 300, 100)
+    layout = conv.encode_cloud(points, fields, labels)
+    decoded = conv.decode_cloud(cloud(layout.fields, layout.point_step, layout.data, layout.width))
+    assert np.array_equal(decoded.points, points) and np.array_equal(decoded.labels, labels)
+    for name, values in fields.items():
+        assert np.array_equal(decoded.fields[name], values) and decoded.fields[name].dtype == values.dtype
+    assert decoded.stamp_ns == 12_000_000_005 and decoded.frame_id == "lidar"
+
+
+def test_organised_cloud_with_padding_nans_and_big_endian():
+    # 2 rows x 3 points, point_step 16 (x y z + 4 pad bytes), rows padded to 56 bytes.
+    dtype = np.dtype({"names": ["x", "y", "z"], "formats": [">f4"] * 3, "offsets": [0, 4, 8], "itemsize": 16})
+    values = np.zeros((2, 3), dtype)
+    for axis_index, axis in enumerate("xyz"):
+        values[axis] = np.arange(6).reshape(2, 3) + axis_index * 10
+    values["x"][1, 2] = np.nan
+    rows = np.zeros((2, 56), np.uint8)
+    rows[:, :48] = values.view(np.uint8).reshape(2, 48)
+    msg = cloud([("x", 0, 7), ("y", 4, 7), ("z", 8, 7)], 16, rows.ravel(), width=3, height=2, row_step=56,
+                bigendian=True)
+    decoded = conv.decode_cloud(msg)
+    assert decoded.dropped == 1 and len(decoded.points) == 5
+    assert decoded.points[:, 2].tolist() == [20, 21, 22, 23, 24]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(fields=[NS(name="x", offset=0, datatype=7, count=1)]), "no y/z field"),
+    (dict(point_step=8), "beyond point_step"),
+    (dict(data=np.zeros(10, np.uint8)), "truncated"),
+    (dict(row_step=4), "row_step"),
+])
+def test_malformed_clouds_are_named(change, message):
+    layout = conv.encode_cloud(np.zeros((4, 3), np.float32))
+    msg = cloud(layout.fields, layout.point_step, layout.data, 4)
+    for key, value in change.items():
+        setattr(msg, key, value)
+    with pytest.raises(conv.MessageError, match=message):
+        conv.decode_cloud(msg, what="/points")
+
+
+def test_time_fields_become_relative_seconds():
+    points = np.zeros((2, 3), np.float32)
+    absolute = conv.encode_cloud(points, extra={"timestamp": np.array([12.000000005, 12.05])})
+    assert np.allclose(conv.decode_cloud(cloud(absolute.fields, absolute.point_step, absolute.data, 2))
+                       .fields["time"], [0, 0.05], atol=1e-6)
+    nanoseconds = conv.encode_cloud(points, extra={"t": np.array([0, 50_000_000], np.uint32)})
+    assert np.allclose(conv.decode_cloud(cloud(nanoseconds.fields, nanoseconds.point_step, nanoseconds.data, 2))
+                       .fields["time"], [0, 0.05])
+
+
+def image(encoding, array, step=None, bigendian=False):
+    height, width = array.shape[:2]
+    raw = np.ascontiguousarray(array).view(np.uint8).reshape(height, -1)
+    step = step or raw.shape[1]
+    padded = np.zeros((height, step), np.uint8)
+    padded[:, :raw.shape[1]] = raw
+    return NS(height=height, width=width, encoding=encoding, is_bigendian=bigendian, step=step, data=padded.ravel())
+
+
+def test_image_encodings_decode_to_rgb():
+    rgb = np.random.default_rng(1).integers(0, 255, (4, 6, 3), dtype=np.uint8)
+    assert np.array_equal(conv.decode_image(image("rgb8", rgb, step=20)), rgb)
+    assert np.array_equal(conv.decode_image(image("bgr8", rgb[:, :, ::-1].copy())), rgb)
+    rgba = np.concatenate([rgb, np.full((4, 6, 1), 7, np.uint8)], axis=2)
+    assert np.array_equal(conv.decode_image(image("rgba8", rgba)), rgb)
+    mono = rgb[:, :, 0].copy()
+    assert np.array_equal(conv.decode_image(image("mono8", mono)), np.repeat(mono[:, :, None], 3, 2))
+    deep = (np.arange(24).reshape(4, 6) * 1000).astype(">u2")
+    decoded = conv.decode_image(image("mono16", deep, bigendian=True))
+    assert decoded.shape == (4, 6, 3) and decoded[0, 0, 0] == 0 and decoded[-1, -1, 0] == 255
+    bayer = np.zeros((4, 6), np.uint8)
+    bayer[0::2, 0::2], bayer[0::2, 1::2], bayer[1::2, 0::2], bayer[1::2, 1::2] = 200, 100, 100, 50  # RGGB
+    assert conv.decode_image(image("bayer_rggb8", bayer))[1, 1].tolist() == [200, 100, 50]
+
+
+def test_compressed_images_and_corrupt_jpeg():
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[:, :8] = [250, 10, 10]
+    for fmt in ("JPEG", "PNG"):
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format=fmt)
+        decoded = conv.decode_image(NS(format=fmt.lower(), data=buffer.getvalue()))
+        assert np.abs(decoded.astype(int) - rgb).mean() < 5
+    with pytest.raises(conv.MessageError, match="cannot decode compressed image"):
+        conv.decode_image(NS(format="jpeg", data=b"\xff\xd8\xff\xe0 not really a jpeg"), what="/cam/compressed")
+
+
+def test_unsupported_encoding_and_short_data_are_named():
+    with pytest.raises(conv.MessageError, match="unsupported image encoding 'yuv422'"):
+        conv.decode_image(NS(height=2, width=2, encoding="yuv422", is_bigendian=0, step=4, data=b"\0" * 8))
+    with pytest.raises(conv.MessageError, match="expected step x height"):
+        conv.decode_image(NS(height=2, width=2, encoding="rgb8", is_bigendian=0, step=6, data=b"\0" * 8))
+
+
+def test_label_images_round_trip():
+    labels = np.random.default_rng(2).integers(0, 40, (5, 7))
+    layout = conv.encode_image(labels)
+    msg = NS(height=5, width=7, encoding=layout.encoding, is_bigendian=0, step=layout.step, data=layout.data)
+    assert layout.encoding == "mono16" and np.array_equal(conv.decode_label_image(msg), labels)
+    big = labels + 70000
+    layout = conv.encode_image(big)
+    msg = NS(height=5, width=7, encoding=layout.encoding, is_bigendian=0, step=layout.step, data=layout.data)
+    assert layout.encoding == "32SC1" and np.array_equal(conv.decode_label_image(msg), big)
+
+
+def test_camera_info_checks():
+    good = NS(k=[500, 0, 320, 0, 500, 240, 0, 0, 1], d=[0.1, -0.05, 0, 0, 0], distortion_model="plumb_bob",
+              width=640, height=480)
+    intrinsics = conv.decode_camera_info(good)
+    assert intrinsics.distortion_model == "plumb_bob" and intrinsics.K[0, 2] == 320
+    with pytest.raises(conv.MessageError, match="no valid focal length"):
+        conv.decode_camera_info(NS(k=[0] * 9, d=[], distortion_model="", width=1, height=1), what="/cam/camera_info")
+    with pytest.raises(conv.MessageError, match="'equidistant' is not supported"):
+        conv.decode_camera_info(NS(k=good.k, d=[0.1] * 4, distortion_model="equidistant", width=1, height=1))
+    assert conv.decode_camera_info(NS(k=good.k, d=[0] * 5, distortion_model="plumb_bob", width=1,
+                                      height=1)).distortion_model == "none"
+
+
+def test_quaternion_round_trip():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        q = rng.normal(size=4)
+        q /= np.linalg.norm(q)
+        T = conv.transform_to_matrix(NS(x=1, y=2, z=3), NS(x=q[0], y=q[1], z=q[2], w=q[3]))
+        back = conv.transform_to_matrix(NS(x=1, y=2, z=3), NS(**dict(zip("xyzw", conv.matrix_to_quaternion(T)))))
+        assert np.allclose(T, back) and np.allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3))
+
+
+def test_transform_tree_chains_and_time():
+    tree = TransformTree(tolerance_ns=10)
+    tree.add_static("base_link", "lidar", yaw_pose(0, 1, 0, 2))
+    tree.add_static("base_link", "camera", yaw_pose(np.pi / 2, 0.5, 0, 1.5))
+    tree.add_dynamic("map", "base_link", 100, yaw_pose(0.0, 0, 0))
+    tree.add_dynamic("map", "base_link", 200, yaw_pose(0.2, 10, 0))
+    lidar_to_camera = tree.lookup("camera", "lidar")
+    assert np.allclose(lidar_to_camera, np.linalg.inv(yaw_pose(np.pi / 2, 0.5, 0, 1.5)) @ yaw_pose(0, 1, 0, 2))
+    assert tree.root("lidar", static_only=True) == "base_link" and tree.root("lidar") == "map"
+    halfway = tree.lookup("map", "base_link", 150)
+    assert np.allclose(halfway[:3, 3], [5, 0, 0]) and np.isclose(np.arctan2(halfway[1, 0], halfway[0, 0]), 0.1)
+    assert np.allclose(tree.lookup("map", "lidar", 205), yaw_pose(0.2, 10, 0) @ yaw_pose(0, 1, 0, 2))
+    with pytest.raises(TransformError, match="no transform within"):
+        tree.lookup("map", "base_link", 1000)
+    with pytest.raises(TransformError, match="no transform chain from 'lidar' to 'elsewhere'"):
+        tree.lookup("elsewhere", "lidar")
+    with pytest.raises(TransformError, match="a stamp is needed"):
+        tree.lookup("map", "lidar")
+
+
+def test_rclpy_messages_decode_like_rosbags_ones():
+    rclpy_conversions = pytest.importorskip("clip2scene_ros.conversions", reason="rclpy not installed")
+    from clip2scene_core.frame import Camera
+    from frames import make_frames
+    frame = make_frames(1, points=50)[0]
+    layout = conv.encode_cloud(frame.points, frame.fields, frame.labels)
+    msg = rclpy_conversions.cloud_msg(layout, rclpy_conversions.header(frame.stamp_ns, "lidar"))
+    decoded = conv.decode_cloud(msg)
+    assert np.array_equal(decoded.points, frame.points) and np.array_equal(decoded.labels, frame.labels)
+    camera: Camera = frame.cameras[0]
+    header = rclpy_conversions.header(camera.stamp_ns, "cam")
+    assert np.array_equal(conv.decode_image(rclpy_conversions.image_msg(camera.image, header)), camera.image)
+    labels = conv.decode_label_image(rclpy_conversions.image_msg(camera.label_image, header))
+    assert np.array_equal(labels, camera.label_image)
+    info = conv.decode_camera_info(rclpy_conversions.camera_info_msg(camera, header))
+    assert np.allclose(info.K, camera.intrinsics) and (info.width, info.height) == (camera.width, camera.height)
