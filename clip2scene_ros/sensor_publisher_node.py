@@ -38,6 +38,8 @@ class SensorPublisher(Node):
         self.exit_when_done = declare(self, "exit_when_done", True, "shut down after the last frame (without loop)")
         lidar_topic = declare(self, "lidar_topic", "/lidar/points", "PointCloud2 topic", read_only=True)
         reliability = declare(self, "reliability", "reliable", "QoS reliability: reliable or best_effort")
+        self.wait_for_subscribers = declare(self, "wait_for_subscribers", 0,
+                                            "start playing once the LiDAR topic has this many subscribers", 0, 100)
         qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT if reliability == "best_effort"
                          else ReliabilityPolicy.RELIABLE)
 
@@ -59,6 +61,8 @@ class SensorPublisher(Node):
         self.timer = self.create_timer(1.0 / rate, self.tick)
 
     def tick(self) -> None:
+        if self.published == 0 and self.cloud_pub.get_subscription_count() < self.wait_for_subscribers:
+            return
         if self.index >= len(self.frames):
             if not self.loop:
                 self.timer.cancel()

@@ -32,3 +32,14 @@ def artifacts() -> Path:
     path = ROOT / "build" / "test-artifacts"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="module")
+def ros_node():
+    """An rclpy node in the test process, on this run's own DDS domain."""
+    rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (make setup installs the ROS 2 wheels)")
+    rclpy.init()
+    node = rclpy.create_node(f"clip2scene_test_{os.getpid()}")
+    yield node
+    node.destroy_node()
+    rclpy.shutdown()

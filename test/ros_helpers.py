@@ -1,0 +1,51 @@
+"""Running nodes as separate processes and waiting on them over DDS, with deadlines (no fixed sleeps)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def node_process(module: str, params_file: str | None = None, parameters: dict | None = None, log_path: Path = None):
+    """Start `python -m module --ros-args ...` in its own process; stop it (SIGINT, then SIGKILL) on exit."""
+    command = [sys.executable, "-m", module, "--ros-args"]
+    if params_file:
+        command += ["--params-file", str(ROOT / params_file)]
+    for name, value in (parameters or {}).items():
+        command += ["-p", f"{name}:={value}"]
+    log = open(log_path, "w") if log_path else subprocess.DEVNULL
+    process = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if log_path:
+            log.close()
+
+
+def spin_until(node, predicate, timeout_s: float, what: str, processes=()) -> None:
+    """Spin node until predicate() holds; fail with `what` after timeout_s or when a process dies."""
+    import rclpy
+
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        for process in processes:
+            if process.poll() is not None and process.returncode not in (0,):
+                raise AssertionError(f"{what}: node process exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        rclpy.spin_once(node, timeout_sec=0.05)
