@@ -41,6 +41,62 @@ def _export(args) -> int:
     return 0
 
 
+def _config(args):
+    """The config file's values with the command line's on top."""
+    from .config import load_config, merge
+
+    config = load_config(getattr(args, "config", None))
+    overrides = {}
+    if getattr(args, "device", None):
+        overrides["device"] = args.device
+    if getattr(args, "vocabulary", None):
+        overrides["vocabulary"] = args.vocabulary
+    if getattr(args, "teacher", None):
+        overrides["teacher"] = {"name": args.teacher}
+    return merge(config, overrides)
+
+
+def _segmenter(args, config):
+    from .segmenter import Segmenter, resolve_device
+    from .teacher import build_teacher
+    from .vocabulary import load_vocabulary
+
+    vocabulary = load_vocabulary(config.vocabulary)
+    device = resolve_device(config.device)
+    teacher = None
+    if args.mode in ("teacher", "fusion"):
+        teacher = build_teacher(config.teacher.name, vocabulary, config.clip, config.teacher.text_encoder, device,
+                                config.teacher.seed, config.teacher.text_cache_dir)
+    return Segmenter(vocabulary, args.mode, teacher=teacher)
+
+
+def _segment(args) -> int:
+    from .evaluate import segment_source
+
+    config = _config(args)
+    summary = segment_source(open_source(args.data), _segmenter(args, config), Path(args.out),
+                             pictures=not args.no_pictures)
+    print(f"{len(summary['frames'])} frames segmented ({args.mode}) into {args.out}")
+    for name, count in summary["points_per_class"].items():
+        print(f"  {name:<24} {count:>10}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .evaluate import evaluate_source
+
+    config = _config(args)
+    evaluation, timings = evaluate_source(open_source(args.data), _segmenter(args, config))
+    print(evaluation.table())
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        report = {"mode": args.mode, "source": args.data, **evaluation.to_dict(), "mean_timings_ms": timings}
+        (out / "evaluation.json").write_text(json.dumps(report, indent=2))
+        print(f"written to {out / 'evaluation.json'}")
+    return 0
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
@@ -73,6 +129,27 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--quiet", action="store_true", help="no progress bar")
     export.set_defaults(run=_export)
 
+    def model_options(command):
+        command.add_argument("--mode", choices=["teacher", "student", "fusion"], default="teacher",
+                             help="teacher: CLIP's pixels projected onto points (no training); student: the LiDAR "
+                                  "network; fusion: both")
+        command.add_argument("--data", required=True, help=sources_help)
+        command.add_argument("--vocabulary", help="vocabulary YAML, or a shipped one: nuscenes, semantickitti, scannet")
+        command.add_argument("--teacher", help="maskclip, labels[:NAME] or noisy:RATE (default: the config's)")
+        command.add_argument("--config", help="YAML config; command-line options override it")
+        command.add_argument("--device", help="auto, cpu or cuda")
+
+    segment = commands.add_parser("segment", help="label every point of a source; writes labels and pictures")
+    model_options(segment)
+    segment.add_argument("--out", required=True, help="output folder")
+    segment.add_argument("--no-pictures", action="store_true", help="skip the per-frame pictures")
+    segment.set_defaults(run=_segment)
+
+    evaluate = commands.add_parser("evaluate", help="per-class IoU and mIoU against the source's labels")
+    model_options(evaluate)
+    evaluate.add_argument("--out", help="folder for evaluation.json")
+    evaluate.set_defaults(run=_evaluate)
+
     demo = commands.add_parser("demo", help="the data layer's showcase on the synthetic world")
     demo.add_argument("--out", default="out/demo", help="folder for the bag, pictures and summaries")
     demo.add_argument("--frames", type=int, default=20)
@@ -85,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.run(args)
-    except (SourceError, FileExistsError, FileNotFoundError) as error:
+    except (SourceError, FileExistsError, FileNotFoundError, ValueError) as error:
         print(f"clip2scene {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,70 @@
+"""Running a segmenter over a data source: writing its labels and pictures, or scoring it against the
+source's ground truth (annotation-free: the segmenter never saw a label)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .data import FrameSource, SourceError
+from .metrics import Evaluation
+from .render import render_frame, save_png
+from .segmenter import Segmentation, Segmenter
+from .vocabulary import IGNORE, Vocabulary
+
+
+def segment_source(source: FrameSource, segmenter: Segmenter, out: Path, pictures: bool = True,
+                   progress: bool = True) -> dict:
+    """Write each frame's labels (frames/NNNNNN.npz: labels int16, scores float16, seen bool) and a picture
+    (pictures/NNNNNN.png) under out; returns the summary also written to out/segmentation.json."""
+    out = Path(out)
+    (out / "frames").mkdir(parents=True, exist_ok=True)
+    vocabulary = segmenter.vocabulary
+    counts = np.zeros(len(vocabulary), np.int64)
+    names, timings = [], []
+    for index, frame in enumerate(tqdm(source, desc="segment", unit="frame", disable=not progress)):
+        result = segmenter.segment(frame)
+        np.savez_compressed(out / "frames" / f"{index:06d}.npz", labels=result.labels.astype(np.int16),
+                            scores=result.scores.astype(np.float16), seen=result.seen)
+        counts += result.counts(len(vocabulary))
+        names.append(frame.name)
+        timings.append(result.timings_ms)
+        if pictures:
+            save_png(out / "pictures" / f"{index:06d}.png", picture(frame, result, vocabulary))
+    summary = {"mode": segmenter.mode, "vocabulary": vocabulary.to_dict(), "frames": names,
+               "points_per_class": dict(zip(vocabulary.names, counts.tolist())),
+               "mean_timings_ms": _mean_timings(timings)}
+    (out / "segmentation.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def picture(frame, result: Segmentation, vocabulary: Vocabulary) -> np.ndarray:
+    """The frame's points coloured by predicted class over its cameras (unlabelled points black)."""
+    palette = {**vocabulary.palette, IGNORE: (0, 0, 0)}
+    return render_frame(frame, color_by="label", palette=palette, values=result.labels)
+
+
+def evaluate_source(source: FrameSource, segmenter: Segmenter, progress: bool = True) -> tuple[Evaluation, dict]:
+    """Per-class IoU and mIoU over all points (unlabelled = wrong) and over in-view points."""
+    vocabulary = segmenter.vocabulary
+    if not vocabulary.covers_ids:
+        raise ValueError(f"vocabulary {vocabulary.name!r} lists no raw label ids: evaluation needs each class's "
+                         f"'ids' in the dataset's labels")
+    evaluation = Evaluation.empty(vocabulary.names)
+    timings = []
+    for frame in tqdm(source, desc="evaluate", unit="frame", disable=not progress):
+        if frame.labels is None:
+            raise SourceError(f"frame {frame.name!r} has no per-point labels to evaluate against; evaluate on a "
+                              f"labelled source (lidarseg, SemanticKITTI labels, a bag with a label field, synthetic)")
+        result = segmenter.segment(frame)
+        evaluation.update(result.labels, vocabulary.raw_to_class(frame.labels), result.seen)
+        timings.append(result.timings_ms)
+    return evaluation, _mean_timings(timings)
+
+
+def _mean_timings(timings: list[dict]) -> dict:
+    stages = sorted({stage for t in timings for stage in t})
+    return {stage: float(np.mean([t.get(stage, 0.0) for t in timings])) for stage in stages}
