@@ -74,7 +74,12 @@ def downsample_rulebook(coords: torch.Tensor) -> tuple[torch.Tensor, Rulebook]:
     """Kernel 2, stride 2: site p goes to p // 2 through offset p % 2. Returns (coarse coords, rulebook)."""
     coarse = coords.clone()
     coarse[:, 1:] = torch.div(coords[:, 1:], 2, rounding_mode="floor")
-    unique, inverse = torch.unique(coarse, dim=0, return_inverse=True)
+    # Unique rows through one int64 key per row (torch.unique over rows is far slower).
+    extent = coarse.max(dim=0).values + 1
+    keys = ((coarse[:, 0] * extent[1] + coarse[:, 1]) * extent[2] + coarse[:, 2]) * extent[3] + coarse[:, 3]
+    _, inverse = torch.unique(keys, return_inverse=True)
+    unique = coarse.new_empty(int(inverse.max()) + 1, 4)
+    unique[inverse] = coarse
     remainder = coords[:, 1:] - 2 * coarse[:, 1:]
     offset = remainder[:, 0] * 4 + remainder[:, 1] * 2 + remainder[:, 2]
     in_index, out_index = [], []
@@ -93,11 +98,16 @@ def _apply(features: torch.Tensor, weight: torch.Tensor, rulebook: Rulebook, tra
         sources, targets, size = rulebook.out_index, rulebook.in_index, rulebook.num_in
     else:
         sources, targets, size = rulebook.in_index, rulebook.out_index, rulebook.num_out
+    # One gather and one scatter for all offsets (and so one of each in backward), with a matmul per
+    # offset on slices between them: far cheaper than gathering and scattering offset by offset.
+    used = [k for k, source in enumerate(sources) if len(source)]
     out = features.new_zeros(size, c_out)
-    for k, (source, target) in enumerate(zip(sources, targets)):
-        if len(source):
-            out = out.index_add(0, target, features.index_select(0, source) @ per_offset[k])
-    return out
+    if not used:
+        return out + 0 * per_offset.sum()  # keep the weight in the graph
+    gathered = features.index_select(0, torch.cat([sources[k] for k in used]))
+    products = torch.cat([part @ per_offset[k] for k, part in
+                          zip(used, torch.split(gathered, [len(sources[k]) for k in used]))])
+    return out.index_add_(0, torch.cat([targets[k] for k in used]), products)
 
 
 class SubMConv(nn.Module):

@@ -62,10 +62,10 @@ class ClipConfig:
 
     @property
     def weights_id(self) -> str:
-        """Identifies the weights for caches: the tag, or the file with its size and modification time."""
+        """Identifies the weights for caches and checkpoints: the tag, or the file's name and size (so a
+        checkpoint stays usable when the weights file is copied to another machine)."""
         if self.pretrained and Path(self.pretrained).is_file():
-            stat = Path(self.pretrained).stat()
-            return f"file:{Path(self.pretrained).resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
+            return f"file:{Path(self.pretrained).name}:{Path(self.pretrained).stat().st_size}"
         return f"tag:{self.pretrained}"
 
 

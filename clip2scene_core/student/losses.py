@@ -1,0 +1,84 @@
+"""CLIP2Scene's losses (paper Eq. 1-4), the released code's cross-entropy variant, and Lovasz-softmax.
+
+All features are L2-normalised, so the paper's D(a, b) (a dot product) is a cosine similarity.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def semantic_infonce(features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, tau: float) -> torch.Tensor:
+    """Semantic consistency (Eq. 1): each class's text embedding t_c is the anchor; the points whose pseudo
+    label is c are its positives, every other paired point a negative:
+
+        L = mean over classes c present of  -log( sum_{i: y_i = c} exp(t_c . p_i / tau)
+                                                   / sum_{all paired i} exp(t_c . p_i / tau) )
+
+    features: (M, D) point features; labels: (M,) pseudo labels in [0, C); text: (C, D); tau: temperature.
+    The denominator holds the positives as well as the negatives (the usual InfoNCE form; the paper's
+    extracted equation is ambiguous there), which keeps the loss >= 0.
+    """
+    if len(labels) == 0:
+        return features.sum() * 0.0
+    present = torch.unique(labels)
+    logits = (features @ text[present].T) / tau                          # (M, classes present)
+    positive = labels[:, None] == present[None, :]
+    log_all = torch.logsumexp(logits, dim=0)
+    log_positive = torch.logsumexp(logits.masked_fill(~positive, float("-inf")), dim=0)
+    return (log_all - log_positive).mean()
+
+
+def semantic_cross_entropy(features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, tau: float) -> torch.Tensor:
+    """Per-point softmax over the classes' text embeddings (what the released code trains with)."""
+    if len(labels) == 0:
+        return features.sum() * 0.0
+    return F.cross_entropy(features @ text.T / tau, labels)
+
+
+def spatial_temporal(point_features: torch.Tensor, pixel_features: torch.Tensor, label_text: torch.Tensor,
+                     groups: torch.Tensor, attention_tau: float = 1.0) -> torch.Tensor:
+    """Spatial-temporal consistency (Eq. 2-4).
+
+    Paired points of several sweeps, brought into one frame, are grouped by a regular grid (groups:
+    (M,) group index). Within a group n, the pixel features x_i and point features p_i are fused by
+    attention against the text embedding t_i of each pair's pseudo label, one softmax over all 2|g_n|
+    entries:  f_n = sum_i a_i x_i + b_i p_i,  a_i ~ exp(x_i . t_i / lambda),  b_i ~ exp(p_i . t_i / lambda).
+    Every point is then pulled towards its group's fused feature:  L = mean_i (1 - sigmoid(p_i . f_{g(i)})).
+
+    point_features, pixel_features, label_text: (M, D); lambda = attention_tau (paper 1).
+    """
+    if len(groups) == 0:
+        return point_features.sum() * 0.0
+    num_groups = int(groups.max()) + 1
+    pixel_score = (pixel_features * label_text).sum(1) / attention_tau
+    point_score = (point_features * label_text).sum(1) / attention_tau
+    # Softmax within each group, shifted by the group's largest score for numerical safety.
+    highest = torch.full((num_groups,), float("-inf"), device=groups.device, dtype=point_score.dtype)
+    highest = highest.scatter_reduce(0, groups, torch.maximum(pixel_score, point_score).detach(), reduce="amax")
+    pixel_weight = torch.exp(pixel_score - highest[groups])
+    point_weight = torch.exp(point_score - highest[groups])
+    total = torch.zeros(num_groups, dtype=point_score.dtype, device=groups.device).index_add(
+        0, groups, pixel_weight + point_weight)
+    fused = torch.zeros(num_groups, point_features.shape[1], dtype=point_features.dtype, device=groups.device)
+    fused = fused.index_add(0, groups, pixel_weight[:, None] * pixel_features + point_weight[:, None] * point_features)
+    fused = fused / total[:, None]
+    return (1 - torch.sigmoid((point_features * fused[groups]).sum(1))).mean()
+
+
+def lovasz_softmax(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Lovasz-softmax (Berman et al. 2018): a convex surrogate of per-class IoU, averaged over the
+    classes present. probabilities: (M, C) softmax outputs; labels: (M,) in [0, C)."""
+    losses = []
+    for c in torch.unique(labels):
+        foreground = (labels == c).float()
+        errors = (foreground - probabilities[:, c]).abs()
+        errors_sorted, order = torch.sort(errors, descending=True)
+        sorted_foreground = foreground[order]
+        intersection = sorted_foreground.sum() - sorted_foreground.cumsum(0)
+        union = sorted_foreground.sum() + (1 - sorted_foreground).cumsum(0)
+        jaccard = 1 - intersection / union
+        gradient = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+        losses.append(torch.dot(errors_sorted, gradient))
+    return torch.stack(losses).mean() if losses else probabilities.sum() * 0.0
