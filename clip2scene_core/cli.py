@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .data import SourceError, open_source
+from .data import open_source
 
 
 def _inspect(args) -> int:
@@ -46,33 +46,63 @@ def _config(args):
     from .config import load_config, merge
 
     config = load_config(getattr(args, "config", None))
-    overrides = {}
-    if getattr(args, "device", None):
-        overrides["device"] = args.device
-    if getattr(args, "vocabulary", None):
-        overrides["vocabulary"] = args.vocabulary
+    overrides: dict = {}
+    for name in ("device", "vocabulary"):
+        if getattr(args, name, None):
+            overrides[name] = getattr(args, name)
     if getattr(args, "teacher", None):
         overrides["teacher"] = {"name": args.teacher}
+    for section, options in (("train", ("epochs", "batch_size", "lr", "sweeps")), ("finetune", ("labels_fraction",))):
+        values = {name: getattr(args, name) for name in options if getattr(args, name, None) is not None}
+        if values:
+            overrides[section] = values
+    if getattr(args, "finetune_epochs", None) is not None:
+        overrides.setdefault("finetune", {})["epochs"] = args.finetune_epochs
     return merge(config, overrides)
+
+
+def _open_all(specs: list[str], teacher_name: str = "", **defaults):
+    """Open sources; a labels:NAME teacher reads bag label images from <camera namespace>/NAME."""
+    kind, _, argument = teacher_name.partition(":")
+    if kind == "labels" and argument:
+        defaults["label_images"] = argument
+    return [open_source(spec, **defaults) for spec in specs]
+
+
+def _teacher(config, vocabulary, device):
+    from .teacher import build_teacher
+
+    return build_teacher(config.teacher.name, vocabulary, config.clip, config.teacher.text_encoder, device,
+                         config.teacher.seed, config.teacher.text_cache_dir)
 
 
 def _segmenter(args, config):
     from .segmenter import Segmenter, resolve_device
-    from .teacher import build_teacher
+    from .student.checkpoint import load_student
     from .vocabulary import load_vocabulary
 
-    vocabulary = load_vocabulary(config.vocabulary)
     device = resolve_device(config.device)
-    teacher = None
-    if args.mode in ("teacher", "fusion"):
-        teacher = build_teacher(config.teacher.name, vocabulary, config.clip, config.teacher.text_encoder, device,
-                                config.teacher.seed, config.teacher.text_cache_dir)
-    return Segmenter(vocabulary, args.mode, teacher=teacher)
+    student, vocabulary = None, None
+    if getattr(args, "vocabulary", None) or not getattr(args, "checkpoint", None):
+        vocabulary = load_vocabulary(config.vocabulary)
+    if args.mode in ("student", "fusion"):
+        if not getattr(args, "checkpoint", None):
+            raise ValueError(f"mode {args.mode} needs --checkpoint (a pretrained student)")
+        student, _ = load_student(args.checkpoint, device, vocabulary)
+        vocabulary = student.vocabulary
+    teacher = _teacher(config, vocabulary, device) if args.mode in ("teacher", "fusion") else None
+    return Segmenter(vocabulary, args.mode, teacher=teacher, student=student)
+
+
+def _mode(args) -> None:
+    if args.mode is None:
+        args.mode = "student" if getattr(args, "checkpoint", None) else "teacher"
 
 
 def _segment(args) -> int:
     from .evaluate import segment_source
 
+    _mode(args)
     config = _config(args)
     summary = segment_source(open_source(args.data), _segmenter(args, config), Path(args.out),
                              pictures=not args.no_pictures)
@@ -83,18 +113,83 @@ def _segment(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .evaluate import evaluate_source
+    from .evaluate import evaluate_source, write_report
 
+    _mode(args)
     config = _config(args)
-    evaluation, timings = evaluate_source(open_source(args.data), _segmenter(args, config))
+    segmenter = _segmenter(args, config)
+    source = open_source(args.data)
+    evaluation, timings = evaluate_source(source, segmenter)
     print(evaluation.table())
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        report = {"mode": args.mode, "source": args.data, **evaluation.to_dict(), "mean_timings_ms": timings}
-        (out / "evaluation.json").write_text(json.dumps(report, indent=2))
-        print(f"written to {out / 'evaluation.json'}")
+        report = write_report(Path(args.out), evaluation, timings, source, segmenter,
+                              {"mode": args.mode, "source": args.data, "checkpoint": args.checkpoint})
+        print(f"report and pictures written to {report.parent}")
     return 0
+
+
+def _pretrain(args) -> int:
+    from .segmenter import resolve_device
+    from .train import Pretrainer, dump_config, init_distributed
+    from .vocabulary import load_vocabulary
+
+    config = _config(args)
+    rank, world = init_distributed()
+    device = resolve_device(config.device)
+    if device.type == "cuda" and world > 1:
+        device = torch_device_for_rank()
+    vocabulary = load_vocabulary(config.vocabulary)
+    teacher = _teacher(config, vocabulary, device)
+    sources = _open_all(args.data, config.teacher.name, sweeps=max(config.train.sweeps - 1, 0))
+    out = Path(args.out)
+    if rank == 0:
+        dump_config(out, config)
+    extra = {"vocabulary": vocabulary.to_dict(), "clip": to_plain(config.clip), "sources": args.data}
+    trainer = Pretrainer(sources, teacher, config.student, config.train, out, device, extra)
+    if args.resume:
+        trainer.resume(Path(args.resume) if args.resume != "last" else out / "checkpoints" / "last.pt")
+    history = trainer.run()
+    if rank == 0 and history:
+        last = history[-1]
+        print(f"pretrained {last['epoch']} epochs: loss {last['loss']:.4f}; checkpoints in {out / 'checkpoints'}")
+    return 0
+
+
+def _finetune(args) -> int:
+    from .evaluate import evaluate_source, write_report
+    from .finetune import finetune
+    from .segmenter import Segmenter, resolve_device
+    from .student.checkpoint import load_student
+    from .vocabulary import load_vocabulary
+
+    config = _config(args)
+    device = resolve_device(config.device)
+    vocabulary = load_vocabulary(config.vocabulary) if args.vocabulary else None
+    model, payload = load_student(args.checkpoint, device, vocabulary)
+    vocabulary = model.vocabulary
+    out = Path(args.out)
+    extra = {key: payload[key] for key in ("teacher", "text_encoder", "clip", "text_embeddings") if key in payload}
+    extra["vocabulary"] = vocabulary.to_dict()
+    history = finetune(model, open_source(args.data), vocabulary, config.finetune, out, extra)
+    print(f"fine-tuned {len(history)} epochs on {config.finetune.labels_fraction:.2%} of the scans: "
+          f"loss {history[-1]['loss']:.4f}; checkpoint {out / 'finetuned.pt'}")
+    if args.val:
+        source = open_source(args.val)
+        evaluation, timings = evaluate_source(source, Segmenter(vocabulary, "student", student=model))
+        print(evaluation.table())
+        write_report(out, evaluation, timings, source, Segmenter(vocabulary, "student", student=model),
+                     {"mode": "student (fine-tuned)", "source": args.val, "checkpoint": str(out / "finetuned.pt")})
+    return 0
+
+
+def torch_device_for_rank():
+    import torch
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def to_plain(dataclass_value) -> dict:
+    from dataclasses import asdict
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(dataclass_value).items()}
 
 
 def _demo(args) -> int:
@@ -129,11 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--quiet", action="store_true", help="no progress bar")
     export.set_defaults(run=_export)
 
-    def model_options(command):
-        command.add_argument("--mode", choices=["teacher", "student", "fusion"], default="teacher",
+    def model_options(command, data_help=sources_help):
+        command.add_argument("--mode", choices=["teacher", "student", "fusion"],
                              help="teacher: CLIP's pixels projected onto points (no training); student: the LiDAR "
-                                  "network; fusion: both")
-        command.add_argument("--data", required=True, help=sources_help)
+                                  "network (default with --checkpoint); fusion: both")
+        command.add_argument("--data", required=True, help=data_help)
+        command.add_argument("--checkpoint", help="a pretrained student (.pt)")
+        common(command)
+
+    def common(command):
         command.add_argument("--vocabulary", help="vocabulary YAML, or a shipped one: nuscenes, semantickitti, scannet")
         command.add_argument("--teacher", help="maskclip, labels[:NAME] or noisy:RATE (default: the config's)")
         command.add_argument("--config", help="YAML config; command-line options override it")
@@ -145,10 +244,32 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--no-pictures", action="store_true", help="skip the per-frame pictures")
     segment.set_defaults(run=_segment)
 
-    evaluate = commands.add_parser("evaluate", help="per-class IoU and mIoU against the source's labels")
+    evaluate = commands.add_parser("evaluate", help="per-class IoU and mIoU against the source's labels "
+                                                    "(annotation-free: nothing is trained)")
     model_options(evaluate)
-    evaluate.add_argument("--out", help="folder for evaluation.json")
+    evaluate.add_argument("--out", help="folder for evaluation.json and pictures")
     evaluate.set_defaults(run=_evaluate)
+
+    pretrain = commands.add_parser("pretrain", help="train the LiDAR student from a teacher (CLIP2Scene)")
+    pretrain.add_argument("--data", action="append", required=True, help=f"repeatable; {sources_help}")
+    pretrain.add_argument("--out", required=True, help="folder for checkpoints, log.csv and losses.png")
+    pretrain.add_argument("--resume", nargs="?", const="last", help="continue from a checkpoint (default: OUT's last)")
+    pretrain.add_argument("--epochs", type=int)
+    pretrain.add_argument("--batch-size", type=int, dest="batch_size")
+    pretrain.add_argument("--lr", type=float)
+    pretrain.add_argument("--sweeps", type=int, help="sweeps per sample, the keyframe included")
+    common(pretrain)
+    pretrain.set_defaults(run=_pretrain)
+
+    tune = commands.add_parser("finetune", help="fine-tune a pretrained student on a fraction of labelled scans")
+    tune.add_argument("--checkpoint", required=True)
+    tune.add_argument("--data", required=True, help="labelled training source")
+    tune.add_argument("--labels-fraction", type=float, dest="labels_fraction", help="e.g. 0.01: every 100th scan")
+    tune.add_argument("--epochs", type=int, dest="finetune_epochs")
+    tune.add_argument("--val", help="labelled source to evaluate on afterwards")
+    tune.add_argument("--out", required=True)
+    common(tune)
+    tune.set_defaults(run=_finetune)
 
     demo = commands.add_parser("demo", help="the data layer's showcase on the synthetic world")
     demo.add_argument("--out", default="out/demo", help="folder for the bag, pictures and summaries")
@@ -162,7 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.run(args)
-    except (SourceError, FileExistsError, FileNotFoundError, ValueError) as error:
+    except (FileExistsError, FileNotFoundError, ValueError) as error:
+        # Our errors (bad source, config, vocabulary, checkpoint, missing weights) are ValueError or
+        # FileNotFoundError subclasses whose message says what to fix; -v shows the traceback too.
+        if args.verbose:
+            raise
         print(f"clip2scene {args.command}: error: {error}", file=sys.stderr)
         return 2
 

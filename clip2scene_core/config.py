@@ -14,7 +14,10 @@ from pathlib import Path
 
 import yaml
 
+from .finetune import FinetuneConfig
+from .student.network import StudentConfig
 from .teacher.clip_model import ClipConfig
+from .train import TrainConfig
 
 
 class ConfigError(ValueError):
@@ -39,6 +42,9 @@ class Config:
     vocabulary: str = "nuscenes"
     clip: ClipConfig = field(default_factory=ClipConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 def _check_type(value, annotation, key: str):

@@ -65,6 +65,23 @@ def evaluate_source(source: FrameSource, segmenter: Segmenter, progress: bool = 
     return evaluation, _mean_timings(timings)
 
 
+def write_report(out: Path, evaluation: Evaluation, timings: dict, source: FrameSource, segmenter: Segmenter,
+                 about: dict) -> Path:
+    """evaluation.json, confusion matrices, per-class IoU bars and one rendered frame under out."""
+    from .plots import confusion_matrix_png, iou_bars_png
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = out / "evaluation.json"
+    report.write_text(json.dumps({**about, **evaluation.to_dict(), "mean_timings_ms": timings}, indent=2))
+    confusion_matrix_png(evaluation, out / "confusion_all.png")
+    confusion_matrix_png(evaluation, out / "confusion_in_view.png", in_view=True)
+    iou_bars_png(evaluation, out / "iou.png")
+    frame = source[0]
+    save_png(out / "frame.png", picture(frame, segmenter.segment(frame), segmenter.vocabulary))
+    return report
+
+
 def _mean_timings(timings: list[dict]) -> dict:
     stages = sorted({stage for t in timings for stage in t})
     return {stage: float(np.mean([t.get(stage, 0.0) for t in timings])) for stage in stages}

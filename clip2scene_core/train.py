@@ -114,7 +114,7 @@ def _augmentation(rng: np.random.Generator) -> np.ndarray:
 def prepare_sample(frame: Frame, teacher: Teacher, config: TrainConfig, rng: np.random.Generator) -> Sample:
     """Pair the frame's (aggregated) points with the teacher's pixels, then augment (see module docstring)."""
     aggregate = aggregate_sweeps(frame, config.sweeps)
-    sweeps = [frame] + list(frame.sweeps)
+    sweeps = ([frame] + list(frame.sweeps))[:config.sweeps]
     counts = np.bincount(aggregate.sweep_index, minlength=len(sweeps))
     keep = np.ones(len(aggregate.points), bool)
     if config.max_points:
@@ -124,7 +124,7 @@ def prepare_sample(frame: Frame, teacher: Teacher, config: TrainConfig, rng: np.
                 keep[rng.choice(rows, count - config.max_points, replace=False)] = False
     points, sweep_index = aggregate.points[keep], aggregate.sweep_index[keep]
     intensity_all = np.concatenate([s.fields.get("intensity", np.zeros(len(s), np.float32)).astype(np.float32)
-                                    for s in sweeps[:len(counts)]])[keep]
+                                    for s in sweeps])[keep]
     truth = frame.labels[keep[:len(frame)]] if frame.labels is not None else None
     if frame.cameras:
         pairs = predict_points(teacher.predict(frame.cameras), points, frame.cameras, with_features=True)
@@ -267,9 +267,14 @@ class Pretrainer:
                 self._average_gradients()
                 self.optimizer.step()
                 for name, value in losses.items():
-                    sums[name] = sums.get(name, 0.0) + float(value)
-                bar.set_postfix(loss=f"{float(losses['loss']):.4f}")
+                    sums[name] = sums.get(name, 0.0) + float(value.detach())
+                bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
             elapsed = time.perf_counter() - started
+            if self.world > 1:  # every process logged its own scans' losses: average them
+                names = sorted(sums)
+                totals = torch.tensor([sums[name] for name in names], dtype=torch.float64)
+                dist.all_reduce(totals)
+                sums = dict(zip(names, (totals / self.world).tolist()))
             record = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
                       **{name: value / steps for name, value in sums.items()},
                       "scans_per_s": steps * config.batch_size / elapsed}

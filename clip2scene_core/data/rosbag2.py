@@ -267,6 +267,8 @@ class BagSource(FrameSource):
     cameras: image topics (Image or CompressedImage); detected as every image topic that has a
         CameraInfo beside it, when no namespace has more than one.
     label_field: the cloud's per-point label field, read into Frame.labels when present.
+    label_images: name of the per-camera label-image topic beside each camera's camera_info
+        (`<namespace>/<label_images>`), read into Camera.label_image (a 2D segmenter's output).
     slop_ms: largest camera-LiDAR stamp difference that pairs.
     sweeps: previous sweeps attached to each frame (needs ego poses on /tf).
     """
@@ -274,10 +276,11 @@ class BagSource(FrameSource):
     kind = "bag"
 
     def __init__(self, path: str, lidar: str | None = None, cameras: list[str] | None = None,
-                 label_field: str = "label", slop_ms: float = 50.0, sweeps: int = 0):
+                 label_field: str = "label", label_images: str = "labels", slop_ms: float = 50.0, sweeps: int = 0):
         self.path = Path(path).expanduser()
         self.parts = bag_parts(self.path)
         self.label_field = label_field or None
+        self.label_images = label_images.strip("/")
         self.sweeps = int(sweeps)
         self.slop_ns = int(slop_ms * 1e6)
         if self.sweeps < 0 or slop_ms < 0:
@@ -310,7 +313,8 @@ class BagSource(FrameSource):
         return clouds[0]
 
     def _choose_cameras(self, types: dict[str, str], requested: list[str] | None) -> list[str]:
-        images = sorted(t for t, m in types.items() if m in (IMAGE, COMPRESSED_IMAGE) and not t.endswith("/labels"))
+        images = sorted(t for t, m in types.items()
+                        if m in (IMAGE, COMPRESSED_IMAGE) and not t.endswith(f"/{self.label_images}"))
         if requested is not None:
             for topic in requested:
                 if types.get(topic) not in (IMAGE, COMPRESSED_IMAGE):
@@ -355,7 +359,7 @@ class BagSource(FrameSource):
     def _index(self, readers: list[AnyReader], topics: dict[str, list[tuple[int, object]]]) -> None:
         """One pass over the recording: headers of sensor messages, calibration, transforms; pairing."""
         info_topics = {self._info_topic(t): t for t in self.camera_topics}
-        label_topics = {f"{camera_namespace(t).rstrip('/')}/labels": t for t in self.camera_topics}
+        label_topics = {f"{camera_namespace(t).rstrip('/')}/{self.label_images}": t for t in self.camera_topics}
         wanted = {self.lidar_topic, *self.camera_topics, *info_topics, *label_topics, "/tf", "/tf_static"}
         self.tree = TransformTree()
         self.intrinsics: dict[str, conv.Intrinsics] = {}

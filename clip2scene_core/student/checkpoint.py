@@ -83,18 +83,27 @@ def load_weights(student: Student, payload: dict, path: str | Path) -> None:
 
 
 class StudentModel:
-    """A trained student ready to segment frames (the Segmenter's `student`)."""
+    """A trained student ready to segment frames (the Segmenter's `student`).
 
-    def __init__(self, student: Student, vocabulary: Vocabulary, text_encoder, device="cpu", logit_scale: float = 100.0):
+    Zero-shot: labels = argmax over the vocabulary's text embeddings. A fine-tuned checkpoint also
+    carries a classifier for the classes it was fine-tuned on; it is used while the vocabulary has
+    exactly those classes, and the text embeddings take over for any other vocabulary.
+    """
+
+    def __init__(self, student: Student, vocabulary: Vocabulary, text_encoder, device="cpu",
+                 logit_scale: float = 100.0, classifier=None):
         self.network = student.to(device).eval()
         self.device = torch.device(device)
         self.text_encoder = text_encoder
         self.logit_scale = logit_scale
+        self.trained_classifier = classifier.to(self.device).eval() if classifier is not None else None
         self.set_vocabulary(vocabulary)
 
     def set_vocabulary(self, vocabulary: Vocabulary) -> None:
         self.vocabulary = vocabulary
         self.network.set_text_embeddings(self.text_encoder.embed(vocabulary).to(self.device))
+        fits = self.trained_classifier is not None and self.trained_classifier.classes == vocabulary.names
+        self.classifier = self.trained_classifier if fits else None
 
     @torch.no_grad()
     def features(self, frame: Frame) -> torch.Tensor:
@@ -108,7 +117,11 @@ class StudentModel:
         """(labels (N,) int64, scores (N,) float32): argmax over the vocabulary's text embeddings."""
         if len(frame) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        probabilities = torch.softmax(self.logit_scale * self.features(frame) @ self.network.text_embeddings.T, dim=1)
+        features = self.features(frame)
+        if self.classifier is not None:
+            probabilities = torch.softmax(self.classifier(features), dim=1)
+        else:
+            probabilities = torch.softmax(self.logit_scale * features @ self.network.text_embeddings.T, dim=1)
         scores, labels = probabilities.max(dim=1)
         return labels.cpu().numpy().astype(np.int64), scores.float().cpu().numpy()
 
@@ -129,7 +142,14 @@ def load_student(path: str | Path, device="cpu", vocabulary: Vocabulary | None =
     if text_encoder.identity != payload.get("text_encoder"):
         raise CheckpointError(f"checkpoint {path} was trained against text embeddings {payload.get('text_encoder')!r}, "
                               f"not {text_encoder.identity!r}; zero-shot labels need the same text encoder")
-    return StudentModel(student, vocabulary, text_encoder, device), payload
+    classifier = None
+    if "classifier" in payload:
+        from ..finetune import Classifier
+        stored = payload["classifier"]
+        classifier = Classifier(stored["weight"], stored["scale"])
+        classifier.bias.data.copy_(stored["bias"])
+        classifier.classes = list(stored["classes"])
+    return StudentModel(student, vocabulary, text_encoder, device, classifier=classifier), payload
 
 
 def text_encoder_from_identity(identity: str, payload: dict, device="cpu"):

@@ -64,7 +64,8 @@ def spatial_temporal(point_features: torch.Tensor, pixel_features: torch.Tensor,
     fused = torch.zeros(num_groups, point_features.shape[1], dtype=point_features.dtype, device=groups.device)
     fused = fused.index_add(0, groups, pixel_weight[:, None] * pixel_features + point_weight[:, None] * point_features)
     fused = fused / total[:, None]
-    return (1 - torch.sigmoid((point_features * fused[groups]).sum(1))).mean()
+    # index_select keeps the backward deterministic on CPU (see Student.forward).
+    return (1 - torch.sigmoid((point_features * fused.index_select(0, groups)).sum(1))).mean()
 
 
 def lovasz_softmax(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,22 @@ class StudentConfig:
         return data
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes, differentiable: the gradient of a sum is the sum of the gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, gradient: torch.Tensor) -> torch.Tensor:
+        gradient = gradient.clone()
+        dist.all_reduce(gradient)
+        return gradient
+
+
 class SparseBatchNorm(nn.BatchNorm1d):
     """BatchNorm over voxel features; statistics are summed over all processes when training
     distributed, so N processes compute exactly what one process would on their joint batch."""
@@ -70,10 +86,8 @@ class SparseBatchNorm(nn.BatchNorm1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         count = torch.tensor([float(len(x))], dtype=x.dtype, device=x.device)
-        stats = all_reduce(torch.cat([x.sum(0), (x * x).sum(0), count]))
+        stats = _AllReduceSum.apply(torch.cat([x.sum(0), (x * x).sum(0), count]))
         channels = x.shape[1]
         total = stats[-1]
         mean = stats[:channels] / total
@@ -214,7 +228,9 @@ class Student(nn.Module):
         """points: optional (M,) indices of the points wanted (default all); training asks only for the
         points its losses use, which saves most of the (M, embed_dim) head work."""
         voxel_of_point = batch.point_to_voxel if points is None else batch.point_to_voxel[points]
-        features = self.voxel_features(batch)[voxel_of_point]
+        # index_select, not [] indexing: its backward is a deterministic index_add on CPU, where the
+        # backward of advanced indexing accumulates with atomics in a thread-dependent order.
+        features = self.voxel_features(batch).index_select(0, voxel_of_point)
         return F.normalize(self.semantic_head(features), dim=1), F.normalize(self.local_head(features), dim=1)
 
     def set_text_embeddings(self, embeddings: torch.Tensor) -> None:

@@ -84,7 +84,7 @@ def confusable(vocabulary: Vocabulary) -> list[np.ndarray]:
     partners = []
     for index, name in enumerate(names):
         group = set().union(*[g for g in CONFUSION_GROUPS if name in g]) - {name}
-        found = [names.index(other) for other in group if other in names]
+        found = sorted(names.index(other) for other in group if other in names)  # sets have no stable order
         partners.append(np.array(found or [i for i in range(len(names)) if i != index], dtype=np.int64))
     return partners
 

@@ -1,0 +1,120 @@
+"""Label-efficient fine-tuning of a pretrained student on a deterministic fraction of labelled scans.
+
+The classifier is initialised from the vocabulary's text embeddings (so fine-tuning starts from the
+zero-shot predictions) and trained with its own learning rate next to the backbone's; the loss is
+cross-entropy plus Lovasz-softmax. The paper's 1% is every 100th scan: fraction f takes every
+round(1/f)-th scan, starting from the first.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .data import FrameSource, SourceError
+from .student.checkpoint import StudentModel, save_checkpoint
+from .student.losses import lovasz_softmax
+from .student.network import make_batch
+from .train import _augmentation, _rng
+from .vocabulary import IGNORE, Vocabulary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneConfig:
+    labels_fraction: float = 0.01
+    epochs: int = 10
+    batch_size: int = 2
+    lr: float = 0.01            # backbone
+    head_lr: float = 0.1        # classifier (paper-style fine-tuning trains the new head faster)
+    weight_decay: float = 1e-4
+    lovasz_weight: float = 1.0
+    seed: int = 0
+    augment: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 < self.labels_fraction <= 1:
+            raise ValueError(f"finetune.labels_fraction must be in (0, 1], got {self.labels_fraction}")
+
+
+def labelled_subset(length: int, fraction: float) -> list[int]:
+    """Every round(1/fraction)-th scan index: the paper's deterministic label-efficient subset."""
+    step = max(1, round(1 / fraction))
+    return list(range(0, length, step))
+
+
+class Classifier(torch.nn.Module):
+    """logits = scale * (W normalised-feature + b), W initialised from the class text embeddings."""
+
+    def __init__(self, text_embeddings: torch.Tensor, scale: float = 10.0):
+        super().__init__()
+        self.classes: list[str] = []
+        self.weight = torch.nn.Parameter(text_embeddings.clone().float())
+        self.bias = torch.nn.Parameter(torch.zeros(len(text_embeddings)))
+        self.scale = scale
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.scale * (features @ self.weight.T + self.bias)
+
+
+def finetune(model: StudentModel, source: FrameSource, vocabulary: Vocabulary, config: FinetuneConfig,
+             out: Path, checkpoint_extra: dict, progress: bool = True) -> list[dict]:
+    """Fine-tune model.network in place on the labelled subset of source; writes out/finetuned.pt."""
+    device = model.device
+    indices = labelled_subset(len(source), config.labels_fraction)
+    frames = [source[i] for i in indices]
+    if any(frame.labels is None for frame in frames):
+        raise SourceError("fine-tuning needs per-point labels in every selected scan; this source has none")
+    targets = [vocabulary.raw_to_class(frame.labels) for frame in frames]
+    network = model.network.train()
+    classifier = Classifier(network.text_embeddings.to(device)).to(device)
+    optimizer = torch.optim.SGD([{"params": network.parameters(), "lr": config.lr},
+                                 {"params": classifier.parameters(), "lr": config.head_lr}],
+                                momentum=0.9, weight_decay=config.weight_decay)
+    steps = max(1, len(frames) // config.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps)
+    torch.manual_seed(config.seed)
+    history = []
+    for epoch in range(config.epochs):
+        order = _rng(config.seed, epoch, 0, 3).permutation(len(frames))
+        total = 0.0
+        for step in tqdm(range(steps), desc=f"finetune {epoch + 1}/{config.epochs}", disable=not progress):
+            chosen = order[step * config.batch_size:(step + 1) * config.batch_size]
+            scans, labels = [], []
+            for position in chosen:
+                points = frames[position].points
+                if config.augment:
+                    points = (points @ _augmentation(_rng(config.seed, epoch, int(position), 4)).T).astype(np.float32)
+                scans.append((points, frames[position].fields.get("intensity")))
+                labels.append(targets[position])
+            batch = make_batch(scans, network.config.voxel_size_m).to(device)
+            target = torch.from_numpy(np.concatenate(labels)).to(device)
+            keep = target != IGNORE
+            semantic, _ = network(batch, torch.nonzero(keep).squeeze(1))
+            logits = classifier(semantic)
+            loss = F.cross_entropy(logits, target[keep]) + \
+                config.lovasz_weight * lovasz_softmax(torch.softmax(logits, dim=1), target[keep])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += float(loss)
+        history.append({"epoch": epoch + 1, "loss": total / steps})
+        log.info("fine-tune epoch %d: loss %.4f", epoch + 1, total / steps)
+    network.eval()
+    save_checkpoint(Path(out) / "finetuned.pt", network, classifier={"weight": classifier.weight.detach().cpu(),
+                                                                      "bias": classifier.bias.detach().cpu(),
+                                                                      "scale": classifier.scale,
+                                                                      "classes": vocabulary.names},
+                    finetune={"labelled_scans": indices, "history": history}, **checkpoint_extra)
+    classifier.classes = vocabulary.names
+    model.trained_classifier = classifier.eval()
+    model.set_vocabulary(vocabulary)
+    return history
