@@ -192,6 +192,15 @@ def to_plain(dataclass_value) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(dataclass_value).items()}
 
 
+def _calibration(args) -> int:
+    from .calibration import frame_transforms, save_calibration
+
+    frame = open_source(args.source)[args.frame]
+    path = save_calibration(args.out, frame_transforms(frame, args.ego_frame))
+    print(f"static transforms of {frame.frame_id} and {len(frame.cameras)} cameras written to {path}")
+    return 0
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
@@ -270,6 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--out", required=True)
     common(tune)
     tune.set_defaults(run=_finetune)
+
+    calibration = commands.add_parser("calibration", help="write a source's sensor extrinsics as a calibration "
+                                                          "file for the live nodes")
+    calibration.add_argument("source", help=sources_help)
+    calibration.add_argument("--out", required=True, help="calibration YAML to write")
+    calibration.add_argument("--frame", type=int, default=0, help="which frame's calibration (default 0)")
+    calibration.add_argument("--ego-frame", default="base_link", dest="ego_frame")
+    calibration.set_defaults(run=_calibration)
 
     demo = commands.add_parser("demo", help="the data layer's showcase on the synthetic world")
     demo.add_argument("--out", default="out/demo", help="folder for the bag, pictures and summaries")

@@ -92,6 +92,11 @@ class Camera:
     def height(self) -> int:
         return int(self.image.shape[0])
 
+    @property
+    def optical_frame(self) -> str:
+        """The camera's frame name in messages and transform trees."""
+        return self.frame_id or f"{self.name.lower()}_optical"
+
     @classmethod
     def from_kitti(cls, name: str, image: np.ndarray, P: np.ndarray, R0_rect: np.ndarray,
                    velo_to_cam: np.ndarray, **kwargs) -> Camera:

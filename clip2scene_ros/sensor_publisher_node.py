@@ -83,7 +83,7 @@ class SensorPublisher(Node):
             if camera.name not in self.camera_pubs:
                 continue
             image_pub, info_pub, label_pub = self.camera_pubs[camera.name]
-            header = conversions.header(camera.stamp_ns + shift, self.layout.camera_frame(camera))
+            header = conversions.header(camera.stamp_ns + shift, camera.optical_frame)
             make = conversions.compressed_msg if self.layout.compressed else conversions.image_msg
             image_pub.publish(make(camera.image, header))
             info_pub.publish(conversions.camera_info_msg(camera, header))

@@ -49,3 +49,15 @@ def spin_until(node, predicate, timeout_s: float, what: str, processes=()) -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         rclpy.spin_once(node, timeout_sec=0.05)
+
+
+def spin_for(node, seconds: float, predicate=lambda: False) -> bool:
+    """Spin node for at most seconds, returning early (True) once predicate() holds."""
+    import rclpy
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        rclpy.spin_once(node, timeout_sec=0.05)
+    return predicate()

@@ -27,6 +27,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from .. import messages as conv
+from ..calibration import frame_transforms
 from ..frame import Camera, Frame
 from ..geometry import invert
 from ..sync import Synchronizer
@@ -106,10 +107,6 @@ class BagLayout:
     def camera_topic(self, name: str) -> str:
         return f"/{name.lower()}/image_raw" + ("/compressed" if self.compressed else "")
 
-    @staticmethod
-    def camera_frame(camera: Camera) -> str:
-        return camera.frame_id or f"{camera.name.lower()}_optical"
-
 
 class BagWriter:
     """Writes a rosbag2 recording: frames (`write_frame`) or already serialised messages (`write_raw`).
@@ -173,10 +170,7 @@ class BagWriter:
         """
         layout, types = self.layout, TYPESTORE.types
         if not self._static_written:
-            statics = [(layout.ego_frame, frame.frame_id, frame.lidar_to_ego)]
-            for camera in frame.cameras:
-                statics.append((layout.ego_frame, layout.camera_frame(camera), _camera_to_ego(frame, camera)))
-            self.write_static_transforms(statics, frame.stamp_ns)
+            self.write_static_transforms(frame_transforms(frame, layout.ego_frame), frame.stamp_ns)
             self._static_written = True
         poses = {frame.stamp_ns: frame.ego_pose}
         poses.update({c.stamp_ns: c.ego_pose for c in frame.cameras if c.ego_pose is not None})
@@ -197,7 +191,7 @@ class BagWriter:
         layout, types = self.layout, TYPESTORE.types
         topic = layout.camera_topic(camera.name)
         namespace = camera_namespace(topic)
-        header = _header(camera.stamp_ns, layout.camera_frame(camera))
+        header = _header(camera.stamp_ns, camera.optical_frame)
         if layout.compressed:
             msg = types[COMPRESSED_IMAGE](header=header, format="jpeg", data=conv.encode_jpeg(camera.image))
             self.write_message(topic, COMPRESSED_IMAGE, camera.stamp_ns, msg)
@@ -217,12 +211,6 @@ def _image_msg(header, array: np.ndarray):
     image = conv.encode_image(array)
     return TYPESTORE.types[IMAGE](header=header, height=image.height, width=image.width, encoding=image.encoding,
                                   is_bigendian=0, step=image.step, data=image.data)
-
-
-def _camera_to_ego(frame: Frame, camera: Camera) -> np.ndarray:
-    # lidar_to_camera = inv(camera_to_ego) @ inv(E_cam) @ E_lidar @ lidar_to_ego, solved for camera_to_ego.
-    camera_pose = frame.ego_pose if camera.ego_pose is None else camera.ego_pose
-    return invert(camera_pose) @ frame.ego_pose @ frame.lidar_to_ego @ invert(camera.lidar_to_camera)
 
 
 def write_bag(frames, path: str | Path, storage: str = "mcap", layout: BagLayout | None = None) -> Path:

@@ -40,8 +40,9 @@ def make_text_encoder(kind: str, clip: ClipConfig, device="cpu", cache_dir=None)
 
 
 def build_teacher(spec: str, vocabulary: Vocabulary, clip: ClipConfig | None = None, text_encoder: str = "auto",
-                  device: str | torch.device = "cpu", seed: int = 0, text_cache_dir=None) -> Teacher:
-    """A teacher from its name (see the module docstring)."""
+                  device: str | torch.device = "cpu", seed: int = 0, text_cache_dir=None, strict: bool = True) -> Teacher:
+    """A teacher from its name (see the module docstring). strict: a camera without a label image is an
+    error for the label teachers (offline data); otherwise it contributes no labels (live streams)."""
     from .labels import LabelImageTeacher, NoisyTeacher
     from .maskclip import MaskClipTeacher
 
@@ -54,12 +55,12 @@ def build_teacher(spec: str, vocabulary: Vocabulary, clip: ClipConfig | None = N
     if kind in ("labels", "noisy"):
         encoder = make_text_encoder(text_encoder, clip, device, text_cache_dir)
         if kind == "labels":
-            return LabelImageTeacher(vocabulary, encoder, topic=argument or "labels")
+            return LabelImageTeacher(vocabulary, encoder, topic=argument or "labels", strict=strict)
         try:
             rate = float(argument)
         except ValueError:
             raise ValueError(f"teacher {spec!r}: write noisy:RATE with RATE between 0 and 1, e.g. noisy:0.3") from None
-        return NoisyTeacher(LabelImageTeacher(vocabulary, encoder), rate, seed)
+        return NoisyTeacher(LabelImageTeacher(vocabulary, encoder, strict=strict), rate, seed)
     raise ValueError(f"unknown teacher {spec!r}; use maskclip, labels[:NAME] or noisy:RATE")
 
 

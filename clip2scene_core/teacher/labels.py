@@ -46,8 +46,8 @@ class LabelImageTeacher(Teacher):
 
     name = "labels"
 
-    def __init__(self, vocabulary: Vocabulary, text_encoder: TextEncoder, topic: str = "labels"):
-        self.topic = topic
+    def __init__(self, vocabulary: Vocabulary, text_encoder: TextEncoder, topic: str = "labels", strict: bool = True):
+        self.topic, self.strict = topic, strict
         super().__init__(vocabulary, text_encoder)
         if not vocabulary.covers_ids:
             raise ValueError(f"the label-image teacher maps raw label ids through the vocabulary, but vocabulary "
@@ -56,6 +56,9 @@ class LabelImageTeacher(Teacher):
     def class_images(self, cameras: list[Camera]) -> list[np.ndarray]:
         images = []
         for camera in cameras:
+            if camera.label_image is None and not self.strict:
+                images.append(np.full((camera.height, camera.width), IGNORE, np.int64))
+                continue
             if camera.label_image is None:
                 raise ValueError(f"camera {camera.name!r} has no label image for the label-image teacher; record "
                                  f"the 2D segmenter's output at <camera namespace>/{self.topic} (mono8/mono16/32SC1, "

@@ -1,0 +1,180 @@
+"""Messages in, segmentations out: the pipeline behind the segmentation node and `clip2scene replay`.
+
+It pairs a LiDAR topic with camera topics through the core Synchronizer, decodes only what is
+released, builds a Frame with the calibration, and runs the Segmenter. Messages are duck-typed, so
+rclpy messages (the node) and rosbags messages (the replay) go through the same code. A malformed
+message never raises out of here: it is counted, described in `errors`, and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import messages as conv
+from .frame import Camera, Frame
+from .segmenter import Segmentation, Segmenter
+from .sync import Synchronizer
+from .tf_tree import TransformError, TransformTree
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LiveResult:
+    """One segmented sweep. timings_ms includes decode and sync_wait besides the segmenter's stages."""
+
+    frame: Frame
+    segmentation: Segmentation
+    timings_ms: dict[str, float]
+    cameras: list[str]
+    missing: list[str]
+    arrival_ns: int
+
+
+@dataclass
+class LiveStats:
+    clouds: int = 0
+    processed: int = 0
+    skipped_clouds: int = 0
+    skipped_images: int = 0
+    rejected_infos: int = 0
+    errors: deque = field(default_factory=lambda: deque(maxlen=50))
+
+
+class LivePipeline:
+    """camera_names: names in the order of the cameras; images are added by name.
+
+    calibration: static transforms connecting the clouds' and images' header frame_ids; without it,
+    cameras cannot be placed and the frames are LiDAR-only.
+    """
+
+    def __init__(self, segmenter: Segmenter | None, camera_names: list[str], calibration: TransformTree | None,
+                 slop_ms: float = 50.0, offsets_ms: dict[str, float] | None = None, timeout_ms: float | None = 100.0,
+                 label_field: str | None = "label"):
+        self.segmenter = segmenter
+        self.camera_names = list(camera_names)
+        self.calibration = calibration
+        self.label_field = label_field
+        self.sync = Synchronizer(self.camera_names, int(slop_ms * 1e6),
+                                 {k: int(v * 1e6) for k, v in (offsets_ms or {}).items()},
+                                 None if timeout_ms is None else int(timeout_ms * 1e6))
+        self.intrinsics: dict[str, conv.Intrinsics] = {}
+        self.label_images: dict[str, dict[int, object]] = {name: {} for name in self.camera_names}
+        self.stats = LiveStats()
+
+    def _error(self, text: str) -> None:
+        self.stats.errors.append(text)
+        log.debug(text)
+
+    def add_camera_info(self, name: str, msg) -> None:
+        try:
+            self.intrinsics[name] = conv.decode_camera_info(msg, f"camera_info of {name}")
+        except conv.MessageError as error:
+            self.stats.rejected_infos += 1
+            self._error(str(error))
+
+    def add_label_image(self, name: str, msg) -> None:
+        """A 2D segmenter's class-id image for camera name; attached to the image with the same stamp."""
+        stored = self.label_images[name]
+        stored[conv.stamp_to_ns(msg.header.stamp)] = msg
+        while len(stored) > 30:
+            stored.pop(next(iter(stored)))
+
+    def add_image(self, name: str, msg, now_ns: int) -> list[LiveResult]:
+        try:
+            stamp = conv.stamp_to_ns(msg.header.stamp)
+        except AttributeError:
+            self.stats.skipped_images += 1
+            self._error(f"image of {name} has no header stamp; skipped")
+            return []
+        return self._run(self.sync.add_camera(name, stamp, (msg, now_ns), now_ns), now_ns)
+
+    def add_cloud(self, msg, now_ns: int) -> list[LiveResult]:
+        self.stats.clouds += 1
+        return self._run(self.sync.add_lidar(conv.stamp_to_ns(msg.header.stamp), (msg, now_ns), now_ns), now_ns)
+
+    def poll(self, now_ns: int) -> list[LiveResult]:
+        return self._run(self.sync.poll(now_ns), now_ns)
+
+    def flush(self, now_ns: int) -> list[LiveResult]:
+        return self._run(self.sync.flush(), now_ns)
+
+    def _run(self, groups, now_ns: int) -> list[LiveResult]:
+        results = []
+        for group in groups:
+            result = self.process(group, now_ns)
+            if result is not None:
+                results.append(result)
+        return results
+
+    def build_frame(self, group, now_ns: int) -> tuple[Frame, dict[str, float]] | None:
+        """Decode a released group into a Frame; None (with the reason in stats.errors) for a bad cloud.
+        now_ns: when the group was released, on the clock the messages arrived by."""
+        started = time.perf_counter()
+        cloud_msg, arrival_ns = group.lidar
+        what = f"cloud at t={group.stamp_ns * 1e-9:.3f} s"
+        try:
+            cloud = conv.decode_cloud(cloud_msg, self.label_field, what)
+        except conv.MessageError as error:
+            self.stats.skipped_clouds += 1
+            self._error(f"{error}; skipped")
+            return None
+        cameras = []
+        for name, (image_msg, _) in group.cameras.items():
+            camera = self._camera(name, image_msg, cloud.frame_id)
+            if camera is not None:
+                cameras.append(camera)
+        frame = Frame(points=cloud.points, stamp_ns=cloud.stamp_ns, fields=cloud.fields, cameras=cameras,
+                      labels=cloud.labels, name=str(cloud.stamp_ns), frame_id=cloud.frame_id or "lidar")
+        return frame, {"sync_wait": max(0.0, (now_ns - arrival_ns) * 1e-6),
+                       "decode": (time.perf_counter() - started) * 1e3}
+
+    def _camera(self, name: str, msg, lidar_frame: str) -> Camera | None:
+        intrinsics = self.intrinsics.get(name)
+        if intrinsics is None:
+            self.stats.skipped_images += 1
+            self._error(f"camera {name}: no valid camera_info yet; image not used")
+            return None
+        if self.calibration is None:
+            self._error(f"camera {name}: no calibration file, so the camera cannot be placed; image not used")
+            return None
+        stamp = conv.stamp_to_ns(msg.header.stamp)
+        try:
+            image = conv.decode_image(msg, f"image of {name}")
+            if image.shape[:2] != (intrinsics.height, intrinsics.width):
+                raise conv.MessageError(f"image of {name} is {image.shape[1]}x{image.shape[0]} but its camera_info "
+                                        f"says {intrinsics.width}x{intrinsics.height}")
+            lidar_to_camera = self.calibration.lookup(msg.header.frame_id, lidar_frame)
+            label_msg = self.label_images[name].get(stamp)
+            label_image = None if label_msg is None else conv.decode_label_image(label_msg, f"labels of {name}")
+        except (conv.MessageError, TransformError) as error:
+            self.stats.skipped_images += 1
+            self._error(f"{error}; image not used")
+            return None
+        try:
+            return Camera(name=name, image=image, intrinsics=intrinsics.K, lidar_to_camera=lidar_to_camera,
+                          stamp_ns=stamp, distortion_model=intrinsics.distortion_model,
+                          distortion=intrinsics.distortion, label_image=label_image, frame_id=msg.header.frame_id)
+        except ValueError as error:  # e.g. a label image of another size
+            self.stats.skipped_images += 1
+            self._error(f"camera {name}: {error}; image not used")
+            return None
+
+    def process(self, group, now_ns: int) -> LiveResult | None:
+        built = self.build_frame(group, now_ns)
+        if built is None:
+            return None
+        frame, timings = built
+        if self.segmenter is None:
+            segmentation = Segmentation(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, bool))
+        else:
+            segmentation = self.segmenter.segment(frame)
+            timings.update(segmentation.timings_ms)
+        self.stats.processed += 1
+        return LiveResult(frame, segmentation, timings, [c.name for c in frame.cameras], list(group.missing),
+                          group.lidar[1])

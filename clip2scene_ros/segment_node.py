@@ -1,0 +1,295 @@
+"""`clip2scene_segmenter`: live open-vocabulary segmentation of a LiDAR topic (and cameras).
+
+ROS I/O only: messages go into clip2scene_core.live.LivePipeline (the core's synchroniser and
+Segmenter), results come back out as messages. Outputs, relative to the node's namespace:
+  segmentation/points    PointCloud2: x, y, z, intensity, label (uint16, 65535 = unlabelled), score
+  segmentation/colored   PointCloud2: x, y, z, rgb (RViz colours of the vocabulary)
+  segmentation/info      clip2scene_ros/SegmentationInfo: classes, colours, counts, mode, model, stage timings
+  segmentation/overlay   sensor_msgs/Image: one camera with the labelled points drawn (publish_overlay)
+  /diagnostics           diagnostic_msgs/DiagnosticArray: WARN/ERROR over budget or when inputs stop
+Nothing is decoded or segmented while no output has a subscriber.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_msgs.msg import ColorRGBA
+
+from clip2scene_core import messages as conv
+from clip2scene_core.calibration import load_calibration
+from clip2scene_core.config import load_config
+from clip2scene_core.data.rosbag2 import camera_name, camera_namespace
+from clip2scene_core.live import LivePipeline, LiveResult
+from clip2scene_core.render import draw_points, palette_colors
+from clip2scene_core.geometry import project
+from clip2scene_core.segmenter import MODES, Segmenter, resolve_device
+from clip2scene_core.vocabulary import IGNORE, Vocabulary, VocabularyError, load_vocabulary
+
+from . import conversions
+from .msg import SegmentationInfo
+from .params import declare
+
+UNLABELLED = 65535
+
+
+def vocabulary_from(file_or_name: str, names: list[str], prompts: list[str]) -> Vocabulary:
+    """The vocabulary a user set: class_names (with prompts "a|b" per class) if given, else the file."""
+    if not names:
+        return load_vocabulary(file_or_name)
+    if prompts and len(prompts) != len(names):
+        raise VocabularyError(f"class_prompts has {len(prompts)} entries for {len(names)} class_names; give one "
+                              f"'prompt|prompt' string per class or none")
+    classes = []
+    for index, name in enumerate(names):
+        entry = {"name": name}
+        if prompts and prompts[index].strip():
+            entry["prompts"] = [p.strip() for p in prompts[index].split("|") if p.strip()]
+        classes.append(entry)
+    return Vocabulary.from_dict({"name": "parameters", "classes": classes}, "node parameters class_names")
+
+
+class SegmentNode(Node):
+    def __init__(self):
+        super().__init__("clip2scene_segmenter")
+        p = functools.partial(declare, self)
+        self.mode = p("mode", "student", f"segmentation mode: {', '.join(MODES)}", read_only=True)
+        checkpoint = p("checkpoint", "", "student checkpoint (.pt), needed by student and fusion modes", read_only=True)
+        config_file = p("config_file", "", "clip2scene YAML config (CLIP model, teacher, text encoder)", read_only=True)
+        self.vocabulary_file = p("vocabulary", "nuscenes", "vocabulary YAML or shipped name; may change at run time")
+        self.class_names = p("class_names", [], "class names overriding the vocabulary file (run time)")
+        self.class_prompts = p("class_prompts", [], "per class 'prompt|prompt' for class_names (run time)")
+        teacher_name = p("teacher", "maskclip", "teacher of teacher/fusion modes: maskclip, labels[:NAME], noisy:RATE",
+                         read_only=True)
+        device = p("device", "auto", "auto, cuda or cpu", read_only=True)
+        lidar_topic = p("lidar_topic", "/lidar/points", "PointCloud2 input", read_only=True)
+        camera_topics = p("camera_topics", [], "Image or CompressedImage topics (.../compressed), each with "
+                          "camera_info beside it", read_only=True)
+        calibration_file = p("calibration_file", "", "static transforms LiDAR/cameras (see "
+                             "config/calibration_example.yaml)", read_only=True)
+        slop_ms = p("sync_slop_ms", 50.0, "largest camera-LiDAR stamp difference that pairs", 0.0, 1000.0,
+                    read_only=True)
+        timeout_ms = p("sync_timeout_ms", 100.0, "process a sweep this long after it arrived with the cameras "
+                       "that came", 0.0, 5000.0, read_only=True)
+        offsets = p("camera_offsets_ms", [], "per camera (same order), added to its stamps before pairing",
+                    read_only=True, item_type=float)
+        reliability = p("qos_reliability", "best_effort", "input QoS: best_effort (sensor data) or reliable",
+                        read_only=True)
+        depth = p("qos_depth", 5, "input queue depth", 1, 100, read_only=True)
+        self.publish_colored = p("publish_colored", True, "publish segmentation/colored for RViz")
+        self.publish_overlay = p("publish_overlay", False, "publish segmentation/overlay (a camera image)")
+        self.overlay_camera = p("overlay_camera", "", "camera drawn on the overlay (default: the first)")
+        self.budget_ms = p("processing_budget_ms", 100.0, "diagnostics WARN above it, ERROR above twice it",
+                           1.0, 10000.0)
+        self.input_timeout_s = p("input_timeout_s", 1.0, "diagnostics ERROR when no cloud arrives this long",
+                                 0.1, 60.0)
+        label_field = p("label_field", "label", "ground-truth label field of the input cloud, if any", read_only=True)
+
+        config = load_config(config_file or None)
+        self.device = resolve_device(device)
+        self.vocabulary = vocabulary_from(self.vocabulary_file, self.class_names, self.class_prompts)
+        student = teacher = None
+        if self.mode not in MODES:
+            raise ValueError(f"parameter mode: {self.mode!r} is not one of {MODES}")
+        if self.mode in ("student", "fusion"):
+            from clip2scene_core.student.checkpoint import load_student
+            if not checkpoint:
+                raise ValueError(f"parameter checkpoint is empty, but mode {self.mode} needs a student checkpoint")
+            student, payload = load_student(checkpoint, self.device, self.vocabulary)
+            self.model_id = f"{checkpoint} ({payload.get('text_encoder', '')})"
+        if self.mode in ("teacher", "fusion"):
+            from clip2scene_core.teacher import build_teacher
+            # strict=False: live, a label image may miss a sweep; its camera then just adds no labels.
+            teacher = build_teacher(teacher_name, self.vocabulary, config.clip, config.teacher.text_encoder,
+                                    self.device, config.teacher.seed, config.teacher.text_cache_dir, strict=False)
+            if self.mode == "teacher":
+                self.model_id = teacher.identity
+        self.segmenter = Segmenter(self.vocabulary, self.mode, teacher=teacher, student=student)
+
+        calibration = load_calibration(calibration_file)[0] if calibration_file else None
+        if camera_topics and calibration is None:
+            self.get_logger().warning("camera_topics given without calibration_file: cameras cannot be placed and "
+                                      "are ignored")
+        self.cameras = {topic: camera_name(topic) for topic in camera_topics}
+        if offsets and len(offsets) != len(camera_topics):
+            raise ValueError(f"parameter camera_offsets_ms has {len(offsets)} values for {len(camera_topics)} cameras")
+        offsets_by_camera = dict(zip(self.cameras.values(), offsets))
+        self.pipeline = LivePipeline(self.segmenter, list(self.cameras.values()), calibration, slop_ms,
+                                     offsets_by_camera, timeout_ms if timeout_ms > 0 else None, label_field)
+
+        if reliability not in ("best_effort", "reliable"):
+            raise ValueError(f"parameter qos_reliability: {reliability!r} is not best_effort or reliable")
+        qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.BEST_EFFORT if reliability == "best_effort"
+                         else ReliabilityPolicy.RELIABLE)
+        self.create_subscription(PointCloud2, lidar_topic, self.on_cloud, qos)
+        kind, _, argument = teacher_name.partition(":")
+        label_images = argument if kind == "labels" and argument else "labels"
+        for topic, name in self.cameras.items():
+            kind = CompressedImage if topic.rstrip("/").endswith("/compressed") else Image
+            self.create_subscription(kind, topic, lambda msg, n=name: self.on_image(n, msg), qos)
+            namespace = camera_namespace(topic).rstrip("/")
+            self.create_subscription(CameraInfo, f"{namespace}/camera_info",
+                                     lambda msg, n=name: self.pipeline.add_camera_info(n, msg), qos)
+            if teacher is not None and teacher.name in ("labels", "noisy"):
+                # The label-image teachers read a 2D segmenter's class-id images beside each camera.
+                self.create_subscription(Image, f"{namespace}/{label_images}",
+                                         lambda msg, n=name: self.pipeline.add_label_image(n, msg), qos)
+        out = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        self.points_pub = self.create_publisher(PointCloud2, "segmentation/points", out)
+        self.colored_pub = self.create_publisher(PointCloud2, "segmentation/colored", out)
+        self.info_pub = self.create_publisher(SegmentationInfo, "segmentation/info", out)
+        self.overlay_pub = self.create_publisher(Image, "segmentation/overlay", out)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.add_on_set_parameters_callback(self.on_parameters)
+        self.create_timer(0.01, self.on_poll)
+        self.create_timer(1.0, self.publish_diagnostics)
+        self.last_cloud = time.monotonic()
+        self.last_latency_ms = 0.0
+        self.warned: dict[str, float] = {}
+        self.get_logger().info(f"{self.mode} mode on {lidar_topic} with {len(self.cameras)} cameras, vocabulary "
+                               f"{self.vocabulary.name} ({len(self.vocabulary)} classes)")
+
+    # -- inputs -----------------------------------------------------------------------------------
+
+    def _now(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def _wanted(self) -> bool:
+        return any(pub.get_subscription_count() for pub in (self.points_pub, self.colored_pub, self.info_pub,
+                                                            self.overlay_pub))
+
+    def on_cloud(self, msg: PointCloud2) -> None:
+        self.last_cloud = time.monotonic()
+        if not self._wanted():
+            return
+        self._publish(self.pipeline.add_cloud(msg, self._now()))
+
+    def on_image(self, name: str, msg) -> None:
+        if self._wanted():
+            self._publish(self.pipeline.add_image(name, msg, self._now()))
+
+    def on_poll(self) -> None:
+        self._publish(self.pipeline.poll(self._now()))
+        while self.pipeline.stats.errors:
+            self._warn(self.pipeline.stats.errors.popleft())
+
+    def _warn(self, text: str) -> None:
+        # Throttled per kind of problem: a bad stream must not flood the log.
+        key = text.split(":")[0][:60]
+        now = time.monotonic()
+        if now - self.warned.get(key, -1e9) > 5.0:
+            self.warned[key] = now
+            self.get_logger().warning(text)
+
+    def on_parameters(self, parameters) -> SetParametersResult:
+        updates = {p.name: p.value for p in parameters}
+        simple = {"publish_colored": "publish_colored", "publish_overlay": "publish_overlay",
+                  "overlay_camera": "overlay_camera", "processing_budget_ms": "budget_ms",
+                  "input_timeout_s": "input_timeout_s"}
+        for name in set(updates) & set(simple):
+            setattr(self, simple[name], updates[name])
+        if not {"vocabulary", "class_names", "class_prompts"} & set(updates):
+            return SetParametersResult(successful=True)
+        file = updates.get("vocabulary", self.vocabulary_file)
+        names = list(updates.get("class_names", self.class_names))
+        prompts = list(updates.get("class_prompts", self.class_prompts))
+        try:
+            if "vocabulary" in updates:
+                load_vocabulary(file)  # a bad file is refused even while class_names override it
+            vocabulary = vocabulary_from(file, names, prompts)
+            self.segmenter.set_vocabulary(vocabulary)  # recomputes the text embeddings
+        except (VocabularyError, ValueError, OSError) as error:
+            return SetParametersResult(successful=False, reason=str(error))
+        self.vocabulary, self.vocabulary_file = vocabulary, file
+        self.class_names, self.class_prompts = updates.get("class_names", self.class_names), \
+            updates.get("class_prompts", self.class_prompts)
+        self.get_logger().info(f"vocabulary now {vocabulary.name}: {', '.join(vocabulary.names)}")
+        return SetParametersResult(successful=True)
+
+    # -- outputs ----------------------------------------------------------------------------------
+
+    def _publish(self, results: list[LiveResult]) -> None:
+        for result in results:
+            started = time.perf_counter()
+            frame, segmentation = result.frame, result.segmentation
+            header = conversions.header(frame.stamp_ns, frame.frame_id)
+            labels = np.where(segmentation.labels == IGNORE, UNLABELLED, segmentation.labels).astype(np.uint16)
+            extra = {"label": labels, "score": segmentation.scores.astype(np.float32)}
+            intensity = {"intensity": frame.fields["intensity"]} if "intensity" in frame.fields else {}
+            self.points_pub.publish(conversions.cloud_msg(conv.encode_cloud(frame.points, intensity, extra=extra),
+                                                          header))
+            palette = {**self.vocabulary.palette, IGNORE: (0, 0, 0)}
+            colors = palette_colors(segmentation.labels, palette)
+            if self.publish_colored and self.colored_pub.get_subscription_count():
+                packed = (colors[:, 0].astype(np.uint32) << 16) | (colors[:, 1].astype(np.uint32) << 8) | colors[:, 2]
+                self.colored_pub.publish(conversions.cloud_msg(
+                    conv.encode_cloud(frame.points, extra={"rgb": packed.view(np.float32)}), header))
+            if self.publish_overlay and frame.cameras and self.overlay_pub.get_subscription_count():
+                camera = next((c for c in frame.cameras if c.name == self.overlay_camera), frame.cameras[0])
+                projection = project(frame.points, camera)
+                image = draw_points(camera.image, projection.uv[projection.valid], colors[projection.valid])
+                self.overlay_pub.publish(conversions.image_msg(image, conversions.header(camera.stamp_ns,
+                                                                                         camera.frame_id)))
+            timings = dict(result.timings_ms)
+            timings["encode"] = (time.perf_counter() - started) * 1e3
+            total = (self._now() - result.arrival_ns) * 1e-6
+            self.last_latency_ms = total
+            self.info_pub.publish(self._info(header, segmentation, timings, total))
+
+    def _info(self, header, segmentation, timings: dict, total_ms: float) -> SegmentationInfo:
+        counts = segmentation.counts(len(self.vocabulary))
+        return SegmentationInfo(
+            header=header, vocabulary=self.vocabulary.name, class_names=self.vocabulary.names,
+            class_colors=[ColorRGBA(r=c[0] / 255, g=c[1] / 255, b=c[2] / 255, a=1.0) for c in
+                          self.vocabulary.colors.tolist()],
+            class_point_counts=[int(c) for c in counts], num_points=len(segmentation.labels),
+            num_unlabelled=int((segmentation.labels == IGNORE).sum()), mode=self.mode, model=self.model_id,
+            stage_names=list(timings), stage_latencies_ms=[float(v) for v in timings.values()],
+            total_latency_ms=float(total_ms))
+
+    def publish_diagnostics(self) -> None:
+        stats = self.pipeline.stats
+        silent = time.monotonic() - self.last_cloud
+        level, message = DiagnosticStatus.OK, "ok"
+        if silent > self.input_timeout_s:
+            level, message = DiagnosticStatus.ERROR, f"no cloud for {silent:.1f} s"
+        elif self.last_latency_ms > 2 * self.budget_ms:
+            level, message = DiagnosticStatus.ERROR, f"latency {self.last_latency_ms:.0f} ms > 2 x budget"
+        elif self.last_latency_ms > self.budget_ms:
+            level, message = DiagnosticStatus.WARN, f"latency {self.last_latency_ms:.0f} ms > budget"
+        values = {"mode": self.mode, "latency_ms": f"{self.last_latency_ms:.1f}", "budget_ms": f"{self.budget_ms:.1f}",
+                  "clouds": stats.clouds, "processed": stats.processed, "skipped_clouds": stats.skipped_clouds,
+                  "skipped_images": stats.skipped_images, "rejected_camera_infos": stats.rejected_infos,
+                  "seconds_since_cloud": f"{silent:.2f}"}
+        status = DiagnosticStatus(level=level, name="clip2scene_segmenter: processing", message=message,
+                                  hardware_id=self.get_fully_qualified_name(),
+                                  values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+        self.diagnostics_pub.publish(DiagnosticArray(header=conversions.header(self._now(), ""), status=[status]))
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = SegmentNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    main()

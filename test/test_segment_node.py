@@ -1,0 +1,140 @@
+"""The segmentation node as its own process, fed over DDS by the sensor publisher process and by this test."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from clip2scene_core import messages as conv
+from clip2scene_core.calibration import frame_transforms, save_calibration
+from clip2scene_core.data import open_source
+from clip2scene_core.student.network import StudentConfig
+from clip2scene_core.teacher import build_teacher
+from clip2scene_core.train import Pretrainer, TrainConfig
+from clip2scene_core.vocabulary import load_vocabulary
+from ros_helpers import node_process, spin_for, spin_until
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+SOURCE = "synthetic:frames=3,seed=7,cameras=2,width=128,height=72"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny student trained for one epoch: enough to exercise the node (not to be accurate)."""
+    out = tmp_path_factory.mktemp("student")
+    vocabulary = load_vocabulary("nuscenes")
+    frames = list(open_source("synthetic:frames=2,seed=1,cameras=2,width=128,height=72"))
+    teacher = build_teacher("noisy:0.0", vocabulary, text_encoder="hash")
+    Pretrainer([frames], teacher, StudentConfig(preset="tiny"),
+               TrainConfig(epochs=1, batch_size=1, sweeps=1, max_points=2000, optimizer="adamw", lr=1e-3), out,
+               torch.device("cpu"), extra={"vocabulary": vocabulary.to_dict()}, progress=False).run()
+    return out / "checkpoints" / "last.pt"
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory):
+    path = tmp_path_factory.mktemp("calibration") / "calibration.yaml"
+    return save_calibration(path, frame_transforms(open_source(SOURCE)[0]))
+
+
+def node_parameters(checkpoint, calibration, **overrides):
+    parameters = {"mode": "student", "checkpoint": str(checkpoint), "calibration_file": str(calibration),
+                  "camera_topics": "[/cam_front/image_raw/compressed,/cam_front_right/image_raw/compressed]",
+                  "sync_timeout_ms": 500.0,
+                  # Reliable: over shared memory alone, best-effort drops clouds this large (see README).
+                  "qos_reliability": "reliable"}
+    parameters.update(overrides)
+    return parameters
+
+
+def test_labelled_cloud_for_every_input_and_vocabulary_changes_at_run_time(ros_node, checkpoint, calibration,
+                                                                            tmp_path):
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+    from sensor_msgs.msg import PointCloud2
+
+    from clip2scene_ros.msg import SegmentationInfo
+
+    clouds, infos = [], []
+    ros_node.create_subscription(PointCloud2, "segmentation/points", clouds.append, 20)
+    ros_node.create_subscription(SegmentationInfo, "segmentation/info", infos.append, 20)
+    with node_process("clip2scene_ros.segment_node", "config/segment_node.yaml",
+                      node_parameters(checkpoint, calibration), tmp_path / "segmenter.log") as segmenter:
+        spin_until(ros_node, lambda: ros_node.count_publishers("segmentation/info") > 0, 60,
+                   "the segmenter's outputs", [segmenter])
+        with node_process("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
+                          {"source": SOURCE, "rate_hz": 5.0, "wait_for_subscribers": 1, "restamp": False},
+                          tmp_path / "publisher.log") as publisher:
+            spin_until(ros_node, lambda: len(infos) >= 3, 90, "three segmented sweeps", [segmenter, publisher])
+            publisher.wait(timeout=30)
+        frames = list(open_source(SOURCE))
+        assert [conv.stamp_to_ns(c.header.stamp) for c in clouds[:3]] == [f.stamp_ns for f in frames]
+        for message, frame in zip(clouds, frames):
+            decoded = conv.decode_cloud(message, label_field="label")
+            assert np.array_equal(decoded.points, frame.points)
+            labels = decoded.labels
+            assert ((labels < 16) | (labels == 65535)).all() and (labels < 16).mean() > 0.99
+        info = infos[0]
+        assert info.mode == "student" and len(info.class_names) == 16 and info.num_points == len(frames[0])
+        assert sum(info.class_point_counts) + info.num_unlabelled == info.num_points
+        assert {"decode", "student"} <= set(info.stage_names) and info.total_latency_ms > 0
+
+        client = AsyncParameterClient(ros_node, "clip2scene_segmenter")
+        spin_until(ros_node, lambda: client.services_are_ready(), 30, "the parameter services", [segmenter])
+        future = client.set_parameters([Parameter("class_names", Parameter.Type.STRING_ARRAY, ["road", "car", "tree"]),
+                                        Parameter("class_prompts", Parameter.Type.STRING_ARRAY,
+                                                  ["road|street", "car", "tree"])])
+        spin_until(ros_node, future.done, 60, "the vocabulary change", [segmenter])
+        assert all(result.successful for result in future.result().results)
+        bad = client.set_parameters([Parameter("vocabulary", Parameter.Type.STRING, "/no/such/vocabulary.yaml")])
+        spin_until(ros_node, bad.done, 30, "a rejected vocabulary", [segmenter])
+        assert not bad.result().results[0].successful  # rejected with a reason; the node keeps its vocabulary
+        infos.clear()
+        with node_process("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
+                          {"source": SOURCE, "rate_hz": 5.0, "wait_for_subscribers": 1},
+                          tmp_path / "publisher2.log"):
+            spin_until(ros_node, lambda: len(infos) >= 1, 90, "a sweep with the new vocabulary", [segmenter])
+        assert list(infos[-1].class_names) == ["road", "car", "tree"] and infos[-1].vocabulary == "parameters"
+        assert segmenter.poll() is None
+
+
+def test_malformed_messages_are_skipped_and_the_node_stays_up(ros_node, checkpoint, calibration, tmp_path):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import PointCloud2
+
+    from clip2scene_ros import conversions
+    from clip2scene_ros.msg import SegmentationInfo
+
+    infos, diagnostics = [], []
+    ros_node.create_subscription(SegmentationInfo, "segmentation/info", infos.append, 20)
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 20)
+    publisher = ros_node.create_publisher(PointCloud2, "/lidar/points", 10)
+    frame = open_source(SOURCE)[0]
+    good = conversions.cloud_msg(conv.encode_cloud(frame.points, frame.fields), conversions.header(1, "lidar"))
+    no_z = conversions.cloud_msg(conv.encode_cloud(frame.points), conversions.header(2, "lidar"))
+    no_z.fields = [f for f in no_z.fields if f.name != "z"]
+    truncated = conversions.cloud_msg(conv.encode_cloud(frame.points), conversions.header(3, "lidar"))
+    truncated.data = bytes(truncated.data)[:-7]
+    wrong_step = conversions.cloud_msg(conv.encode_cloud(frame.points), conversions.header(4, "lidar"))
+    wrong_step.point_step = 4
+    with_nan = conversions.cloud_msg(conv.encode_cloud(np.full((10, 3), np.nan, np.float32)),
+                                     conversions.header(5, "lidar"))
+    with node_process("clip2scene_ros.segment_node", "config/segment_node.yaml",
+                      node_parameters(checkpoint, calibration, camera_topics="[]"),
+                      tmp_path / "segmenter.log") as segmenter:
+        spin_until(ros_node, lambda: publisher.get_subscription_count() > 0
+                   and ros_node.count_publishers("segmentation/info") > 0, 60, "the segmenter", [segmenter])
+        for message in (no_z, truncated, wrong_step, with_nan):
+            publisher.publish(message)
+        deadline = time.monotonic() + 60
+        while not infos and time.monotonic() < deadline:  # a good cloud after the bad ones is still segmented
+            publisher.publish(good)
+            spin_for(ros_node, 1.0, lambda: bool(infos))
+        assert infos, "no segmentation after the malformed clouds"
+        spin_until(ros_node, lambda: any(int(kv.value) >= 3 for d in diagnostics for s in d.status for kv in s.values
+                                         if kv.key == "skipped_clouds"), 30, "diagnostics counting the skips",
+                   [segmenter])
+        assert segmenter.poll() is None
+    log = (tmp_path / "segmenter.log").read_text()
+    assert "no z field" in log or "no x/y/z" in log or "no z" in log
