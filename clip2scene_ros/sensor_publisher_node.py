@@ -13,6 +13,8 @@ from __future__ import annotations
 import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+from geometry_msgs.msg import Point, Pose, PoseWithCovariance, Quaternion
+from nav_msgs.msg import Odometry
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
@@ -37,6 +39,8 @@ class SensorPublisher(Node):
                                       "publish ground-truth labels (cloud field `label`, /<camera>/labels)")
         self.exit_when_done = declare(self, "exit_when_done", True, "shut down after the last frame (without loop)")
         lidar_topic = declare(self, "lidar_topic", "/lidar/points", "PointCloud2 topic", read_only=True)
+        odometry_topic = declare(self, "odometry_topic", "/odom", "nav_msgs/Odometry of the ego pose (world ->"
+                                 " base_link); empty: none", read_only=True)
         reliability = declare(self, "reliability", "reliable", "QoS reliability: reliable or best_effort")
         self.wait_for_subscribers = declare(self, "wait_for_subscribers", 0,
                                             "start playing once the LiDAR topic has this many subscribers", 0, 100)
@@ -48,6 +52,7 @@ class SensorPublisher(Node):
         self.get_logger().info(f"loading {len(source)} frames from {self.source_text}")
         self.frames = list(source)  # rendering or decoding can be slower than real time: do it before playing
         self.cloud_pub = self.create_publisher(PointCloud2, lidar_topic, qos)
+        self.odometry_pub = self.create_publisher(Odometry, odometry_topic, qos) if odometry_topic else None
         self.camera_pubs = {}
         for camera in self.frames[0].cameras if self.frames else []:
             topic = self.layout.camera_topic(camera.name)
@@ -75,6 +80,12 @@ class SensorPublisher(Node):
         self.index += 1
         now_ns = self.get_clock().now().nanoseconds
         shift = now_ns - frame.stamp_ns if self.restamp else 0
+        if self.odometry_pub is not None:
+            x, y, z, w = conv.matrix_to_quaternion(frame.ego_pose)
+            position = Point(x=float(frame.ego_pose[0, 3]), y=float(frame.ego_pose[1, 3]), z=float(frame.ego_pose[2, 3]))
+            pose = PoseWithCovariance(pose=Pose(position=position, orientation=Quaternion(x=x, y=y, z=z, w=w)))
+            self.odometry_pub.publish(Odometry(header=conversions.header(frame.stamp_ns + shift, self.layout.world_frame),
+                                               child_frame_id=self.layout.ego_frame, pose=pose))
         labels = frame.labels if self.publish_labels else None
         cloud = conv.encode_cloud(frame.points, frame.fields, labels)
         self.cloud_pub.publish(conversions.cloud_msg(cloud, conversions.header(frame.stamp_ns + shift,

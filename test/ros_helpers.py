@@ -14,15 +14,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
-def node_process(module: str, params_file: str | None = None, parameters: dict | None = None, log_path: Path = None):
-    """Start `python -m module --ros-args ...` in its own process; stop it (SIGINT, then SIGKILL) on exit."""
+def node_process(module: str, params_file: str | None = None, parameters: dict | None = None, log_path: Path = None,
+                 file_size_limit: int | None = None):
+    """Start `python -m module --ros-args ...` in its own process; stop it (SIGINT, then SIGKILL) on exit.
+    file_size_limit: RLIMIT_FSIZE in bytes for the process (a full disk without filling one)."""
     command = [sys.executable, "-m", module, "--ros-args"]
     if params_file:
         command += ["--params-file", str(ROOT / params_file)]
     for name, value in (parameters or {}).items():
         command += ["-p", f"{name}:={value}"]
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
-    process = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
+    def limit():
+        import resource
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    process = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
+                               preexec_fn=limit if file_size_limit else None)
     try:
         yield process
     finally:

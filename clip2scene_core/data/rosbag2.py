@@ -82,7 +82,7 @@ def _header(stamp_ns: int, frame_id: str):
         stamp=TYPESTORE.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=frame_id)
 
 
-def _transform_stamped(parent: str, child: str, stamp_ns: int, T: np.ndarray):
+def transform_stamped(parent: str, child: str, stamp_ns: int, T: np.ndarray):
     types = TYPESTORE.types
     x, y, z, w = conv.matrix_to_quaternion(T)
     return types["geometry_msgs/msg/TransformStamped"](
@@ -159,7 +159,7 @@ class BagWriter:
 
     def write_static_transforms(self, transforms: list[tuple[str, str, np.ndarray]], stamp_ns: int) -> None:
         """(parent, child, child->parent (4, 4)) transforms on /tf_static, latched."""
-        msg = TYPESTORE.types[TF_MESSAGE](transforms=[_transform_stamped(p, c, stamp_ns, T) for p, c, T in transforms])
+        msg = TYPESTORE.types[TF_MESSAGE](transforms=[transform_stamped(p, c, stamp_ns, T) for p, c, T in transforms])
         self.write_message("/tf_static", TF_MESSAGE, stamp_ns, msg, LATCHED_QOS)
 
     def write_frame(self, frame: Frame) -> None:
@@ -175,7 +175,7 @@ class BagWriter:
         poses = {frame.stamp_ns: frame.ego_pose}
         poses.update({c.stamp_ns: c.ego_pose for c in frame.cameras if c.ego_pose is not None})
         for stamp_ns, pose in sorted(poses.items()):
-            tf = types[TF_MESSAGE](transforms=[_transform_stamped(layout.world_frame, layout.ego_frame, stamp_ns, pose)])
+            tf = types[TF_MESSAGE](transforms=[transform_stamped(layout.world_frame, layout.ego_frame, stamp_ns, pose)])
             self.write_message("/tf", TF_MESSAGE, stamp_ns, tf, RELIABLE_QOS)
         cloud = conv.encode_cloud(frame.points, frame.fields, frame.labels)
         fields = [types["sensor_msgs/msg/PointField"](name=n, offset=o, datatype=d, count=c)

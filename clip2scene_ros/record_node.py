@@ -1,0 +1,271 @@
+"""`clip2scene_recorder`: records aligned LiDAR-camera pairs into rosbag2 (mcap) for more pretraining.
+
+Messages are taken serialised (no decoding) and paired by the core Synchronizer on their header
+stamps; only sweeps with every camera within the slop are written (the others are counted as
+dropped), each with its images and camera infos. The calibration file goes into every bag part as
+/tf_static, odometry (nav_msgs/Odometry) as /tf, so `clip2scene pretrain --data bag:OUTPUT_DIR`
+reads a recording directly. Parts are split by size or duration; SIGINT/SIGTERM finishes the
+current pair and closes the part; when the disk (or the file-size limit) is nearly full the
+recorder closes the part cleanly, reports the error and exits.
+"""
+
+from __future__ import annotations
+
+import functools
+import resource
+import shutil
+import signal
+import time
+from collections import deque
+from pathlib import Path
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from nav_msgs.msg import Odometry
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+
+from clip2scene_core import messages as conv
+from clip2scene_core.calibration import load_calibration
+from clip2scene_core.data.rosbag2 import (CAMERA_INFO, COMPRESSED_IMAGE, IMAGE, POINTCLOUD2, TF_MESSAGE, TYPESTORE,
+                                          BagWriter, camera_name, camera_namespace, header_of, transform_stamped)
+from clip2scene_core.sync import Synchronizer
+
+from . import conversions
+from .params import declare
+
+
+class StopRecording(Exception):
+    """The recording cannot go on (disk full, write error); the part written so far is closed."""
+
+
+class RecordNode(Node):
+    def __init__(self):
+        super().__init__("clip2scene_recorder")
+        p = functools.partial(declare, self)
+        self.output_dir = Path(p("output_dir", "recordings/run", "folder of the recording (bag parts inside); must "
+                                 "not exist yet", read_only=True))
+        lidar_topic = p("lidar_topic", "/lidar/points", "PointCloud2 input", read_only=True)
+        camera_topics = p("camera_topics", [], "Image or CompressedImage topics, camera_info beside each",
+                          read_only=True)
+        calibration_file = p("calibration_file", "", "static transforms written as /tf_static", read_only=True)
+        odometry_topic = p("odometry_topic", "", "nav_msgs/Odometry written as /tf (ego poses for sweeps); "
+                           "empty: none", read_only=True)
+        record_labels = p("record_label_images", False, "also record <camera namespace>/labels images",
+                          read_only=True)
+        slop_ms = p("sync_slop_ms", 50.0, "largest camera-LiDAR stamp difference that pairs", 0.0, 1000.0,
+                    read_only=True)
+        timeout_ms = p("sync_timeout_ms", 300.0, "give up waiting for a sweep's cameras after this long (the sweep "
+                       "is dropped)", 1.0, 10000.0, read_only=True)
+        self.split_size = p("split_size_mb", 1024.0, "start a new bag part after this many MB", 1.0, 1e6) * 1e6
+        self.split_duration = p("split_duration_s", 0.0, "start a new bag part after this many seconds; 0: never",
+                                0.0, 1e6)
+        self.reserve = p("reserve_mb", 16.0, "stop cleanly before free space or the file-size limit falls below "
+                         "this", 1.0, 1e5) * 1e6
+        self.storage = p("storage", "mcap", "mcap or sqlite3", read_only=True)
+        reliability = p("qos_reliability", "best_effort", "input QoS: best_effort or reliable", read_only=True)
+        depth = p("qos_depth", 10, "input queue depth", 1, 1000, read_only=True)
+
+        if self.output_dir.exists() and any(self.output_dir.iterdir()):
+            raise ValueError(f"parameter output_dir: {self.output_dir} exists and is not empty; choose a new folder")
+        self.statics = load_calibration(calibration_file)[1] if calibration_file else []
+        if not calibration_file:
+            self.get_logger().warning("no calibration_file: the bag has no /tf_static, so its cameras cannot be "
+                                      "placed when it is read")
+        self.cameras = {topic: camera_name(topic) for topic in camera_topics}
+        self.sync = Synchronizer(list(self.cameras.values()), int(slop_ms * 1e6), timeout_ns=int(timeout_ms * 1e6),
+                                 queue_size=60)
+        qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.BEST_EFFORT if reliability == "best_effort"
+                         else ReliabilityPolicy.RELIABLE)
+        self.lidar_topic = lidar_topic
+        self.types = {lidar_topic: POINTCLOUD2}
+        self.infos: dict[str, tuple[str, bytes]] = {}
+        self.labels: dict[str, dict[int, tuple[str, bytes]]] = {}
+        # Released pairs wait here (at most the sync timeout) for label images that come after their images.
+        self.waiting: deque = deque()
+        self.label_wait_ns = int(timeout_ms * 1e6)
+        self.create_subscription(PointCloud2, lidar_topic, self.on_cloud, qos, raw=True)
+        for topic, name in self.cameras.items():
+            compressed = topic.rstrip("/").endswith("/compressed")
+            self.types[topic] = COMPRESSED_IMAGE if compressed else IMAGE
+            self.create_subscription(CompressedImage if compressed else Image, topic,
+                                     functools.partial(self.on_image, name, topic), qos, raw=True)
+            info_topic = f"{camera_namespace(topic).rstrip('/')}/camera_info"
+            self.types[info_topic] = CAMERA_INFO
+            self.create_subscription(CameraInfo, info_topic, functools.partial(self.on_info, name, info_topic), qos,
+                                     raw=True)
+            if record_labels:
+                label_topic = f"{camera_namespace(topic).rstrip('/')}/labels"
+                self.types[label_topic] = IMAGE
+                self.labels[name] = {}
+                self.create_subscription(Image, label_topic, functools.partial(self.on_label, name, label_topic),
+                                         qos, raw=True)
+        if odometry_topic:
+            self.create_subscription(Odometry, odometry_topic, self.on_odometry, qos)
+        self.status_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(0.05, self.on_poll)
+        self.create_timer(1.0, self.publish_status)
+        self.writer: BagWriter | None = None
+        self.part = -1
+        self.written = self.dropped = 0
+        self.failed: str | None = None
+        self._open_part()
+        self.get_logger().info(f"recording {lidar_topic} with {len(self.cameras)} cameras into {self.output_dir}")
+
+    # -- parts ----------------------------------------------------------------------------------
+
+    def _open_part(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.part += 1
+        self.writer = BagWriter(self.output_dir / f"part_{self.part:04d}", self.storage)
+        self.part_started = time.monotonic()
+        self.part_bytes = 0
+        for topic, msgtype in self.types.items():
+            self.writer.add_topic(topic, msgtype)
+        if self.statics:
+            self.writer.write_static_transforms(self.statics, self.get_clock().now().nanoseconds)
+
+    def close(self) -> None:
+        if self.writer is not None and self.waiting:
+            self.label_wait_ns = 0  # write what is waiting before closing
+            self._write([])
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+            self.get_logger().info(f"closed {self.output_dir}: {self.written} pairs written, {self.dropped} dropped, "
+                                   f"{self.part + 1} part(s)")
+
+    def _room(self, size: int) -> None:
+        """Raise StopRecording before a write that would leave less than the reserve on disk or under the
+        process's file-size limit (the reserve is what closing the part needs)."""
+        free = shutil.disk_usage(self.output_dir).free
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        file_room = float("inf") if limit == resource.RLIM_INFINITY else limit - self._part_file_size()
+        if min(free, file_room) < size + self.reserve:
+            raise StopRecording(f"{'file-size limit' if file_room < free else 'disk'} nearly full "
+                                f"({min(free, file_room) / 1e6:.1f} MB left)")
+
+    def _part_file_size(self) -> int:
+        folder = self.output_dir / f"part_{self.part:04d}"
+        return max((f.stat().st_size for f in folder.iterdir() if f.is_file()), default=0)
+
+    # -- inputs -----------------------------------------------------------------------------------
+
+    def _now(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def on_cloud(self, data: bytes) -> None:
+        stamp, _ = header_of(data)
+        self._write(self.sync.add_lidar(stamp, (self.lidar_topic, data, self._now()), self._now()))
+
+    def on_image(self, name: str, topic: str, data: bytes) -> None:
+        stamp, _ = header_of(data)
+        self._write(self.sync.add_camera(name, stamp, (topic, data, self._now()), self._now()))
+
+    def on_info(self, name: str, topic: str, data: bytes) -> None:
+        self.infos[name] = (topic, data)
+
+    def on_label(self, name: str, topic: str, data: bytes) -> None:
+        stored = self.labels[name]
+        stored[header_of(data)[0]] = (topic, data)
+        while len(stored) > 60:
+            stored.pop(next(iter(stored)))
+        self._write([])
+
+    def on_odometry(self, msg: Odometry) -> None:
+        if self.writer is None:
+            return
+        pose = msg.pose.pose
+        T = conv.transform_to_matrix(pose.position, pose.orientation)
+        stamp = conv.stamp_to_ns(msg.header.stamp)
+        tf = TYPESTORE.types[TF_MESSAGE](transforms=[transform_stamped(msg.header.frame_id, msg.child_frame_id, stamp, T)])
+        self._guarded(lambda: self.writer.write_message("/tf", TF_MESSAGE, self._now(), tf))
+
+    def on_poll(self) -> None:
+        self._write(self.sync.poll(self._now()))
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def _write(self, groups) -> None:
+        now = self._now()
+        for group in groups:
+            # Incomplete pairs, and cameras without a camera_info yet (unusable when read back), are dropped.
+            if group.missing or self.writer is None or any(name not in self.infos for name in group.cameras):
+                self.dropped += 1
+            else:
+                self.waiting.append((group, now))
+        while self.waiting:
+            group, released = self.waiting[0]
+            labels_in = all(group.camera_stamps_ns[name] in self.labels[name] for name in group.cameras
+                            if name in self.labels)
+            if not labels_in and now - released < self.label_wait_ns:
+                break
+            self.waiting.popleft()
+            messages = [group.lidar] + list(group.cameras.values())
+            self._guarded(lambda: self._write_pair(group, messages))
+
+    def _write_pair(self, group, messages) -> None:
+        extra = [self.infos[name] for name in group.cameras]
+        extra += [self.labels[name][group.camera_stamps_ns[name]] for name in group.cameras
+                  if name in self.labels and group.camera_stamps_ns[name] in self.labels[name]]
+        size = sum(len(m[1]) for m in messages) + sum(len(e[1]) for e in extra)
+        if self.part_bytes + size > self.split_size or (
+                self.split_duration and time.monotonic() - self.part_started > self.split_duration):
+            self._open_part()
+        self._room(size)
+        for topic, data, received in messages:
+            self.writer.write_raw(topic, received, data)
+        for topic, data in extra:
+            self.writer.write_raw(topic, messages[0][2], data)
+        self.part_bytes += size
+        self.written += 1
+
+    def _guarded(self, write) -> None:
+        try:
+            write()
+        except (StopRecording, OSError) as error:
+            self.failed = str(error)
+            self.waiting.clear()  # nothing more can be written
+            self.get_logger().error(f"recording stopped: {error}; the {self.written} pairs written so far are "
+                                    f"closed and readable in {self.output_dir}")
+            self.close()
+            raise SystemExit(1) from None
+
+    def publish_status(self) -> None:
+        level = DiagnosticStatus.ERROR if self.failed else DiagnosticStatus.OK
+        values = {"written_pairs": self.written, "dropped_pairs": self.dropped, "parts": self.part + 1,
+                  "output_dir": str(self.output_dir)}
+        status = DiagnosticStatus(level=level, name="clip2scene_recorder: recording",
+                                  message=self.failed or "recording", hardware_id=self.get_fully_qualified_name(),
+                                  values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+        self.status_pub.publish(DiagnosticArray(header=conversions.header(self._now(), ""), status=[status]))
+        self.get_logger().info(f"{self.written} pairs written, {self.dropped} dropped", throttle_duration_sec=10.0)
+
+
+def main(args=None) -> None:
+    # Past a file-size limit, writes must fail (and be handled) rather than the process being killed.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    rclpy.init(args=args)
+    node, code = None, 0
+    try:
+        node = RecordNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except SystemExit as stop:
+        code = stop.code or 0
+    finally:
+        if node is not None:
+            node.close()  # SIGINT/SIGTERM end spin after the callback in progress: the part closes whole
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    if code:
+        raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The recorder as its own process: pairs recorded from DDS read back completely after SIGTERM, train a
+student, and a full disk (a file-size limit) stops it cleanly with what was written still readable."""
+
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from clip2scene_core.calibration import frame_transforms, save_calibration
+from clip2scene_core.data import open_source
+from clip2scene_core.student.network import StudentConfig
+from clip2scene_core.teacher import build_teacher
+from clip2scene_core.train import Pretrainer, TrainConfig
+from clip2scene_core.vocabulary import load_vocabulary
+from ros_helpers import node_process, spin_until
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+SOURCE = "synthetic:frames=6,seed=11,cameras=2,width=128,height=72"
+CAMERAS = "[/cam_front/image_raw/compressed,/cam_front_right/image_raw/compressed]"
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory):
+    path = tmp_path_factory.mktemp("calibration") / "calibration.yaml"
+    return save_calibration(path, frame_transforms(open_source(SOURCE)[0]))
+
+
+def diagnostics_value(messages, key: str) -> int:
+    values = [int(kv.value) for message in messages for status in message.status
+              if status.name.startswith("clip2scene_recorder") for kv in status.values if kv.key == key]
+    return values[-1] if values else 0
+
+
+def test_sigterm_leaves_a_complete_bag_that_trains_a_student(ros_node, calibration, tmp_path):
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    statuses = []
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics", statuses.append, 50)
+    output = tmp_path / "recording"
+    parameters = {"output_dir": str(output), "camera_topics": CAMERAS, "calibration_file": str(calibration),
+                  "odometry_topic": "/odom", "record_label_images": True, "qos_reliability": "reliable"}
+    with node_process("clip2scene_ros.record_node", "config/record_node.yaml", parameters,
+                      tmp_path / "recorder.log") as recorder:
+        with node_process("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
+                          {"source": SOURCE, "rate_hz": 5.0, "wait_for_subscribers": 1, "restamp": False},
+                          tmp_path / "publisher.log") as publisher:
+            spin_until(ros_node, lambda: publisher.poll() is not None, 120, "the drive to be played", [recorder])
+        spin_until(ros_node, lambda: diagnostics_value(statuses, "written_pairs") >= 5, 30, "the pairs written",
+                   [recorder])
+        recorder.send_signal(signal.SIGTERM)
+        assert recorder.wait(timeout=30) == 0
+    written = diagnostics_value(statuses, "written_pairs")
+    recorded = open_source(f"bag:{output}?sweeps=1")
+    assert len(recorded) == written >= 5
+    truth = {frame.stamp_ns: frame for frame in open_source(SOURCE)}
+    for frame in recorded:
+        original = truth[frame.stamp_ns]
+        assert np.array_equal(frame.points, original.points) and np.array_equal(frame.labels, original.labels)
+        assert [c.name for c in frame.cameras] == ["cam_front", "cam_front_right"]
+        assert all(c.label_image is not None for c in frame.cameras)
+        for got, want in zip(frame.cameras, original.cameras):
+            assert np.allclose(got.lidar_to_camera, want.lidar_to_camera, atol=1e-6)
+        assert np.allclose(frame.ego_pose, original.ego_pose, atol=1e-6)
+    assert len(recorded[len(recorded) - 1].sweeps) == 1
+
+    vocabulary = load_vocabulary("nuscenes")
+    teacher = build_teacher("noisy:0.1", vocabulary, text_encoder="hash")
+    trainer = Pretrainer([recorded], teacher, StudentConfig(preset="tiny"),
+                         TrainConfig(epochs=1, batch_size=2, sweeps=2, max_points=2000, optimizer="adamw", lr=1e-3),
+                         tmp_path / "student", torch.device("cpu"), progress=False)
+    history = trainer.run()
+    assert (tmp_path / "student" / "checkpoints" / "last.pt").is_file() and np.isfinite(history[0]["loss"])
+
+
+def test_a_full_disk_stops_cleanly_and_keeps_what_was_written(ros_node, calibration, tmp_path):
+    output = tmp_path / "recording"
+    parameters = {"output_dir": str(output), "camera_topics": CAMERAS, "calibration_file": str(calibration),
+                  "qos_reliability": "reliable", "reserve_mb": 1.0}
+    # Each pair is about 0.9 MB: a 3.5 MB file-size limit holds a couple of pairs plus the reserve.
+    with node_process("clip2scene_ros.record_node", "config/record_node.yaml", parameters, tmp_path / "recorder.log",
+                      file_size_limit=3_500_000) as recorder:
+        with node_process("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
+                          {"source": SOURCE, "rate_hz": 5.0, "wait_for_subscribers": 1, "restamp": False}):
+            spin_until(ros_node, lambda: recorder.poll() is not None, 120, "the recorder to stop",
+                       [])
+    assert recorder.returncode == 1
+    log = (tmp_path / "recorder.log").read_text()
+    assert "recording stopped: file-size limit nearly full" in log
+    recorded = open_source(f"bag:{output}")
+    assert 1 <= len(recorded) < 6
+    assert all(len(frame.cameras) == 2 for frame in recorded)
