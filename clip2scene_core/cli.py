@@ -192,6 +192,25 @@ def to_plain(dataclass_value) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(dataclass_value).items()}
 
 
+def _replay(args) -> int:
+    from .replay import replay
+
+    _mode(args)
+    config = _config(args)
+    report = replay(args.bag, _segmenter(args, config), realtime=args.realtime, out_bag=args.out_bag,
+                    slop_ms=args.slop_ms)
+    print(report.table())
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        data = {"bag": args.bag, "mode": args.mode, "frames": report.frames, "latency_ms": report.percentiles(),
+                "skipped_clouds": report.skipped_clouds,
+                **(report.evaluation.to_dict() if report.evaluation is not None else {})}
+        (out / "replay.json").write_text(json.dumps(data, indent=2))
+        print(f"written to {out / 'replay.json'}")
+    return 0
+
+
 def _calibration(args) -> int:
     from .calibration import frame_transforms, save_calibration
 
@@ -279,6 +298,17 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--out", required=True)
     common(tune)
     tune.set_defaults(run=_finetune)
+
+    replay = commands.add_parser("replay", help="play a bag through the live node's pipeline: mIoU and latency")
+    replay.add_argument("bag", help="rosbag2 recording (a bag directory or a folder of parts)")
+    replay.add_argument("--mode", choices=["teacher", "student", "fusion"])
+    replay.add_argument("--checkpoint", help="a pretrained student (.pt)")
+    replay.add_argument("--realtime", action="store_true", help="at the recorded rate (default: as fast as possible)")
+    replay.add_argument("--out-bag", dest="out_bag", help="new bag for the labelled clouds (/segmentation/points)")
+    replay.add_argument("--slop-ms", dest="slop_ms", type=float, default=50.0)
+    replay.add_argument("--out", help="folder for replay.json")
+    common(replay)
+    replay.set_defaults(run=_replay)
 
     calibration = commands.add_parser("calibration", help="write a source's sensor extrinsics as a calibration "
                                                           "file for the live nodes")

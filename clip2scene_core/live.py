@@ -55,7 +55,7 @@ class LivePipeline:
 
     def __init__(self, segmenter: Segmenter | None, camera_names: list[str], calibration: TransformTree | None,
                  slop_ms: float = 50.0, offsets_ms: dict[str, float] | None = None, timeout_ms: float | None = 100.0,
-                 label_field: str | None = "label"):
+                 label_field: str | None = "label", label_wait_ms: float = 100.0):
         self.segmenter = segmenter
         self.camera_names = list(camera_names)
         self.calibration = calibration
@@ -65,6 +65,8 @@ class LivePipeline:
                                  None if timeout_ms is None else int(timeout_ms * 1e6))
         self.intrinsics: dict[str, conv.Intrinsics] = {}
         self.label_images: dict[str, dict[int, object]] = {name: {} for name in self.camera_names}
+        self.label_wait_ns = int(label_wait_ms * 1e6)
+        self.waiting: deque = deque()  # released sweeps waiting for label images: (group, release time)
         self.stats = LiveStats()
 
     def _error(self, text: str) -> None:
@@ -78,12 +80,14 @@ class LivePipeline:
             self.stats.rejected_infos += 1
             self._error(str(error))
 
-    def add_label_image(self, name: str, msg) -> None:
+    def add_label_image(self, name: str, msg, now_ns: int) -> list[LiveResult]:
         """A 2D segmenter's class-id image for camera name; attached to the image with the same stamp."""
         stored = self.label_images[name]
         stored[conv.stamp_to_ns(msg.header.stamp)] = msg
         while len(stored) > 30:
             stored.pop(next(iter(stored)))
+        self.expects_labels = True
+        return self._run([], now_ns)
 
     def add_image(self, name: str, msg, now_ns: int) -> list[LiveResult]:
         try:
@@ -102,11 +106,22 @@ class LivePipeline:
         return self._run(self.sync.poll(now_ns), now_ns)
 
     def flush(self, now_ns: int) -> list[LiveResult]:
-        return self._run(self.sync.flush(), now_ns)
+        return self._run(self.sync.flush(), now_ns, final=True)
 
-    def _run(self, groups, now_ns: int) -> list[LiveResult]:
+    expects_labels = False  # becomes true with the first label image
+
+    def _labels_in(self, group) -> bool:
+        return all(group.camera_stamps_ns[name] in self.label_images[name] for name in group.cameras)
+
+    def _run(self, groups, now_ns: int, final: bool = False) -> list[LiveResult]:
+        self.waiting.extend((group, now_ns) for group in groups)
         results = []
-        for group in groups:
+        while self.waiting:
+            group, released = self.waiting[0]
+            if (self.expects_labels and not final and not self._labels_in(group)
+                    and now_ns - released < self.label_wait_ns):
+                break
+            self.waiting.popleft()
             result = self.process(group, now_ns)
             if result is not None:
                 results.append(result)

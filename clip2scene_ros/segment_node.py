@@ -141,8 +141,8 @@ class SegmentNode(Node):
                                      lambda msg, n=name: self.pipeline.add_camera_info(n, msg), qos)
             if teacher is not None and teacher.name in ("labels", "noisy"):
                 # The label-image teachers read a 2D segmenter's class-id images beside each camera.
-                self.create_subscription(Image, f"{namespace}/{label_images}",
-                                         lambda msg, n=name: self.pipeline.add_label_image(n, msg), qos)
+                self.create_subscription(Image, f"{namespace}/{label_images}", lambda msg, n=name: self._publish(
+                    self.pipeline.add_label_image(n, msg, self._now())), qos)
         out = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
         self.points_pub = self.create_publisher(PointCloud2, "segmentation/points", out)
         self.colored_pub = self.create_publisher(PointCloud2, "segmentation/colored", out)

@@ -6,7 +6,7 @@ import pytest
 from clip2scene_core import messages as conv
 from clip2scene_core.data import SourceError, open_source
 from clip2scene_core.data.rosbag2 import (CAMERA_INFO, IMAGE, POINTCLOUD2, TYPESTORE, BagLayout, BagSource, BagWriter,
-                                          _header, header_of, write_bag)
+                                          _header, cloud_message, header_of, write_bag)
 from frames import make_frames
 
 
@@ -139,13 +139,7 @@ def test_sweeps_need_ego_poses(tmp_path):
     frames = make_frames(2, cameras=0)
     with BagWriter(tmp_path / "bag") as writer:
         for frame in frames:
-            layout = conv.encode_cloud(frame.points)
-            fields = [TYPESTORE.types["sensor_msgs/msg/PointField"](name=n, offset=o, datatype=d, count=c)
-                      for n, o, d, c in layout.fields]
-            msg = TYPESTORE.types[POINTCLOUD2](header=_header(frame.stamp_ns, "lidar"), height=1, width=layout.width,
-                                               fields=fields, is_bigendian=False, point_step=layout.point_step,
-                                               row_step=layout.point_step * layout.width, data=layout.data,
-                                               is_dense=True)
+            msg = cloud_message(conv.encode_cloud(frame.points), frame.stamp_ns, "lidar")
             writer.write_message("/points", POINTCLOUD2, frame.stamp_ns, msg)
     assert len(open_source(f"bag:{tmp_path / 'bag'}")) == 2
     with pytest.raises(SourceError, match="needs ego poses"):

@@ -82,6 +82,15 @@ def _header(stamp_ns: int, frame_id: str):
         stamp=TYPESTORE.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=frame_id)
 
 
+def cloud_message(layout: conv.CloudLayout, stamp_ns: int, frame_id: str):
+    """A rosbags PointCloud2 from a packed layout (messages.encode_cloud)."""
+    types = TYPESTORE.types
+    fields = [types["sensor_msgs/msg/PointField"](name=n, offset=o, datatype=d, count=c) for n, o, d, c in layout.fields]
+    return types[POINTCLOUD2](header=_header(stamp_ns, frame_id), height=1, width=layout.width, fields=fields,
+                              is_bigendian=False, point_step=layout.point_step,
+                              row_step=layout.point_step * layout.width, data=layout.data, is_dense=True)
+
+
 def transform_stamped(parent: str, child: str, stamp_ns: int, T: np.ndarray):
     types = TYPESTORE.types
     x, y, z, w = conv.matrix_to_quaternion(T)
@@ -177,13 +186,9 @@ class BagWriter:
         for stamp_ns, pose in sorted(poses.items()):
             tf = types[TF_MESSAGE](transforms=[transform_stamped(layout.world_frame, layout.ego_frame, stamp_ns, pose)])
             self.write_message("/tf", TF_MESSAGE, stamp_ns, tf, RELIABLE_QOS)
-        cloud = conv.encode_cloud(frame.points, frame.fields, frame.labels)
-        fields = [types["sensor_msgs/msg/PointField"](name=n, offset=o, datatype=d, count=c)
-                  for n, o, d, c in cloud.fields]
-        msg = types[POINTCLOUD2](header=_header(frame.stamp_ns, frame.frame_id), height=1, width=cloud.width,
-                                 fields=fields, is_bigendian=False, point_step=cloud.point_step,
-                                 row_step=cloud.point_step * cloud.width, data=cloud.data, is_dense=True)
-        self.write_message(layout.lidar_topic, POINTCLOUD2, frame.stamp_ns, msg)
+        cloud = cloud_message(conv.encode_cloud(frame.points, frame.fields, frame.labels), frame.stamp_ns,
+                              frame.frame_id)
+        self.write_message(layout.lidar_topic, POINTCLOUD2, frame.stamp_ns, cloud)
         for camera in frame.cameras:
             self._write_camera(camera)
 

@@ -1,0 +1,142 @@
+"""The live pipeline (node and replay share it) on rosbags messages, and `clip2scene replay` end to end."""
+
+import json
+from types import SimpleNamespace as NS
+
+import numpy as np
+import pytest
+
+from clip2scene_core import messages as conv
+from clip2scene_core.calibration import frame_transforms
+from clip2scene_core.cli import main
+from clip2scene_core.data import open_source
+from clip2scene_core.data.rosbag2 import TYPESTORE, BagLayout, _header, cloud_message, write_bag
+from clip2scene_core.live import LivePipeline
+from clip2scene_core.replay import replay
+from clip2scene_core.segmenter import Segmenter
+from clip2scene_core.teacher import build_teacher
+from clip2scene_core.tf_tree import TransformTree
+from clip2scene_core.vocabulary import load_vocabulary
+
+SOURCE = "synthetic:frames=3,seed=5,cameras=2,width=128,height=72"
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return list(open_source(SOURCE))
+
+
+@pytest.fixture(scope="module")
+def vocabulary():
+    return load_vocabulary("nuscenes")
+
+
+def messages_of(frame):
+    """(cloud, {camera: (image, info, labels)}) as rosbags messages."""
+    types = TYPESTORE.types
+    cloud = cloud_message(conv.encode_cloud(frame.points, frame.fields, frame.labels), frame.stamp_ns, frame.frame_id)
+    cameras = {}
+    for camera in frame.cameras:
+        header = _header(camera.stamp_ns, camera.optical_frame)
+        image = conv.encode_image(camera.image)
+        labels = conv.encode_image(camera.label_image)
+        info = conv.camera_info_values(camera.intrinsics, camera.distortion_model, camera.distortion, camera.width,
+                                       camera.height)
+        roi = types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
+        cameras[camera.name] = (
+            types["sensor_msgs/msg/Image"](header=header, height=image.height, width=image.width,
+                                           encoding=image.encoding, is_bigendian=0, step=image.step, data=image.data),
+            types["sensor_msgs/msg/CameraInfo"](header=header, binning_x=0, binning_y=0, roi=roi, **info),
+            types["sensor_msgs/msg/Image"](header=header, height=labels.height, width=labels.width,
+                                           encoding=labels.encoding, is_bigendian=0, step=labels.step,
+                                           data=labels.data))
+    return cloud, cameras
+
+
+def calibration_of(frame) -> TransformTree:
+    tree = TransformTree()
+    for parent, child, T in frame_transforms(frame):
+        tree.add_static(parent, child, T)
+    return tree
+
+
+def test_pipeline_pairs_decodes_and_segments(frames, vocabulary):
+    teacher = build_teacher("labels", vocabulary, text_encoder="hash", strict=False)
+    names = [c.name for c in frames[0].cameras]
+    pipeline = LivePipeline(Segmenter(vocabulary, "teacher", teacher=teacher), names, calibration_of(frames[0]),
+                            timeout_ms=None)
+    results = []
+    for frame in frames:
+        cloud, cameras = messages_of(frame)
+        results += pipeline.add_cloud(cloud, frame.stamp_ns)
+        for name, (image, info, labels) in cameras.items():
+            pipeline.add_camera_info(name, info)
+            results += pipeline.add_image(name, image, frame.stamp_ns)
+            results += pipeline.add_label_image(name, labels, frame.stamp_ns)  # after its image, as live
+    results += pipeline.flush(frames[-1].stamp_ns)
+    assert [r.frame.stamp_ns for r in results] == [f.stamp_ns for f in frames]
+    for result, frame in zip(results, frames):
+        assert np.array_equal(result.frame.points, frame.points) and result.cameras == names
+        for got, want in zip(result.frame.cameras, frame.cameras):
+            assert np.allclose(got.lidar_to_camera, want.lidar_to_camera, atol=1e-6)
+            assert np.array_equal(got.label_image, want.label_image)
+        truth = vocabulary.raw_to_class(frame.labels)
+        seen = result.segmentation.seen & (truth >= 0)
+        assert (result.segmentation.labels[seen] == truth[seen]).mean() > 0.9
+        assert {"decode", "teacher", "projection"} <= set(result.timings_ms)
+
+
+def test_pipeline_skips_bad_messages_and_keeps_going(frames, vocabulary):
+    teacher = build_teacher("labels", vocabulary, text_encoder="hash", strict=False)
+    name = frames[0].cameras[0].name
+    pipeline = LivePipeline(Segmenter(vocabulary, "teacher", teacher=teacher), [name], calibration_of(frames[0]),
+                            timeout_ms=50.0)
+    cloud, cameras = messages_of(frames[0])
+    image, info, _ = cameras[name]
+    zero_k = TYPESTORE.types["sensor_msgs/msg/CameraInfo"](**{**info.__dict__, "k": np.zeros(9)})
+    pipeline.add_camera_info(name, zero_k)
+    assert pipeline.stats.rejected_infos == 1 and "no valid focal length" in pipeline.stats.errors[-1]
+    truncated = NS(**{**cloud.__dict__, "data": cloud.data[:-5]})
+    assert pipeline.add_cloud(truncated, 0) == [] and pipeline.poll(10**8) == []
+    assert pipeline.stats.skipped_clouds == 1 and "truncated" in pipeline.stats.errors[-1]
+    # No valid camera_info yet: the sweep is still segmented, without that camera.
+    results = pipeline.add_cloud(cloud, 2 * 10**8) + pipeline.add_image(name, image, 2 * 10**8)
+    results += pipeline.flush(3 * 10**8)
+    assert len(results) == 1 and results[0].cameras == [] and pipeline.stats.skipped_images == 1
+    pipeline.add_camera_info(name, info)
+    cloud, cameras = messages_of(frames[1])
+    image = cameras[name][0]
+    small = NS(**{**image.__dict__, "width": 64, "step": 64 * 3, "data": image.data[:64 * 3 * image.height]})
+    results = pipeline.add_cloud(cloud, 4 * 10**8) + pipeline.add_image(name, small, 4 * 10**8)
+    results += pipeline.flush(5 * 10**8)
+    assert results[0].cameras == [] and "camera_info says" in " ".join(pipeline.stats.errors)
+
+
+def test_replay_command_evaluates_and_writes_labelled_clouds(tmp_path, frames):
+    bag = write_bag(frames, tmp_path / "bag", layout=BagLayout(compressed=False))
+    status = main(["replay", str(bag), "--teacher", "labels", "--vocabulary", "nuscenes", "--out-bag",
+                   str(tmp_path / "out"), "--out", str(tmp_path), "--config", str(config_file(tmp_path))])
+    assert status == 0
+    report = json.loads((tmp_path / "replay.json").read_text())
+    assert report["frames"] == 3 and report["in_view"]["miou"] > 0.7
+    assert {"decode", "teacher", "projection"} <= set(report["latency_ms"])
+    labelled = open_source(f"bag:{tmp_path / 'out'}?label_field=label")
+    assert len(labelled) == 3 and np.array_equal(labelled[0].points, frames[0].points)
+
+
+def config_file(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("teacher: {text_encoder: hash}\n")
+    return path
+
+
+def test_replay_in_student_mode_counts_every_frame(tmp_path, frames, vocabulary):
+    from clip2scene_core.student.checkpoint import StudentModel
+    from clip2scene_core.student.network import Student, StudentConfig
+    from clip2scene_core.teacher.text import HashTextEncoder
+
+    bag = write_bag(frames, tmp_path / "bag")
+    model = StudentModel(Student(StudentConfig(preset="tiny")), vocabulary, HashTextEncoder())
+    report = replay(bag, Segmenter(vocabulary, "student", student=model), progress=False)
+    assert report.frames == 3 and report.evaluation.all_points.coverage() == 1.0
+    assert "student" in report.percentiles()
