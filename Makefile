@@ -6,7 +6,7 @@ STAMP := $(VENV)/.clip2scene-setup
 # Tests and demo run offline, with DDS kept on this machine.
 RUN_ENV := HF_HUB_OFFLINE=1 FASTDDS_BUILTIN_TRANSPORTS=SHM MPLBACKEND=Agg
 
-.PHONY: setup test demo bench colcon clean
+.PHONY: setup test demo bench clean
 
 setup: $(STAMP)
 
@@ -23,12 +23,7 @@ test: setup
 	$(RUN_ENV) $(PY) -m pytest
 
 demo: setup
-	$(RUN_ENV) $(VENV)/bin/clip2scene demo --out out/demo
-
-colcon: setup
-	$(RUN_ENV) AMENT_PREFIX_PATH=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
-	  $(VENV)/bin/colcon build --base-paths . --build-base build/colcon --install-base install \
-	  --cmake-args -DCMAKE_PREFIX_PATH=$(CURDIR)/$(VENV) -DPython3_EXECUTABLE=$(CURDIR)/$(PY) -DBUILD_TESTING=OFF
+	$(RUN_ENV) $(PY) -m clip2scene_ros.demo --out out/demo
 
 clean:
 	rm -rf build install log out $(VENV)

@@ -220,12 +220,6 @@ def _calibration(args) -> int:
     return 0
 
 
-def _demo(args) -> int:
-    from .demo import run_demo
-
-    return run_demo(Path(args.out), frames=args.frames)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clip2scene", description="Open-vocabulary LiDAR segmentation (CLIP2Scene).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -318,10 +312,6 @@ def build_parser() -> argparse.ArgumentParser:
     calibration.add_argument("--ego-frame", default="base_link", dest="ego_frame")
     calibration.set_defaults(run=_calibration)
 
-    demo = commands.add_parser("demo", help="the data layer's showcase on the synthetic world")
-    demo.add_argument("--out", default="out/demo", help="folder for the bag, pictures and summaries")
-    demo.add_argument("--frames", type=int, default=20)
-    demo.set_defaults(run=_demo)
     return parser
 
 

@@ -1,0 +1,204 @@
+"""`make demo`: the whole loop on the embedded synthetic world, as separate ROS 2 processes over DDS.
+
+1. a sensor publisher plays a synthetic drive on topics; the recorder records aligned pairs;
+2. a student is pretrained from that recording (noisy label teacher by default; MaskCLIP with
+   --clip-weights FILE);
+3. the segmentation node runs live on a held-out drive with the new checkpoint;
+4. the replay evaluates teacher and student on the held-out drive's recording;
+then a results table and pictures under --out.
+    python -m clip2scene_ros.demo [--out out/demo] [--frames 24] [--epochs 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def step(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def start(module: str, params_file: str, parameters: dict, log: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", module, "--ros-args", "--params-file", str(ROOT / params_file)]
+    for name, value in parameters.items():
+        command += ["-p", f"{name}:={value}"]
+    return subprocess.Popen(command, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def stop(process: subprocess.Popen, timeout: float = 30) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def wait(process: subprocess.Popen, what: str, timeout: float) -> None:
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise SystemExit(f"demo: {what} did not finish within {timeout:.0f} s")
+    if process.returncode:
+        raise SystemExit(f"demo: {what} failed (exit {process.returncode}); see its log in the output folder")
+
+
+def clip2scene(*arguments: str) -> None:
+    from clip2scene_core.cli import main
+    status = main(list(arguments))
+    if status:
+        raise SystemExit(f"demo: clip2scene {arguments[0]} failed")
+
+
+def run(out: Path, frames: int, epochs: int, teacher: str, clip_weights: str | None) -> dict:
+    import rclpy
+
+    from clip2scene_core.calibration import frame_transforms, save_calibration
+    from clip2scene_core.data import open_source
+
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "logs").mkdir(parents=True)
+    os.environ.setdefault("ROS_DOMAIN_ID", str(60 + os.getpid() % 40))
+    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "SHM")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    size = "width=320,height=180"
+    train_drive = f"synthetic:frames={frames},seed=0,cameras=6,{size}"
+    test_drive = f"synthetic:frames=8,seed=1,cameras=6,{size}"
+    cameras = "[" + ",".join(f"/cam_{n}/image_raw/compressed" for n in
+                             ("front", "front_right", "front_left", "back", "back_left", "back_right")) + "]"
+    calibration = save_calibration(out / "calibration.yaml", frame_transforms(open_source(train_drive)[0]))
+    config = out / "config.yaml"
+    config.write_text((ROOT / "config" / "demo.yaml").read_text() +
+                      (f"clip: {{pretrained: {clip_weights}}}\n" if clip_weights else ""))
+    timings = {}
+
+    step(f"1/4 recording a {frames}-frame synthetic drive played over ROS 2 (publisher -> recorder)")
+    started = time.monotonic()
+    recorder = start("clip2scene_ros.record_node", "config/record_node.yaml",
+                     {"output_dir": str(out / "recording"), "camera_topics": cameras,
+                      "calibration_file": str(calibration), "odometry_topic": "/odom",
+                      "record_label_images": "true", "qos_reliability": "reliable"}, out / "logs" / "recorder.log")
+    publisher = start("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
+                      {"source": train_drive, "rate_hz": 5.0, "wait_for_subscribers": 1},
+                      out / "logs" / "publisher.log")
+    wait(publisher, "the sensor publisher", 600)
+    time.sleep(1.0)  # let the recorder take the last pair off the wire before it is stopped
+    if stop(recorder):
+        raise SystemExit("demo: the recorder failed; see logs/recorder.log")
+    recorded = open_source(f"bag:{out / 'recording'}")
+    print(f"recorded {len(recorded)} aligned sweep-image pairs into {out / 'recording'}")
+    timings["record_s"] = time.monotonic() - started
+
+    step(f"2/4 pretraining the LiDAR student from the recording (teacher {teacher}, {epochs} epochs)")
+    started = time.monotonic()
+    clip2scene("pretrain", "--data", f"bag:{out / 'recording'}", "--teacher", teacher, "--vocabulary", "nuscenes",
+               "--config", str(config), "--epochs", str(epochs), "--out", str(out / "student"))
+    checkpoint = out / "student" / "checkpoints" / "last.pt"
+    timings["pretrain_s"] = time.monotonic() - started
+
+    step("3/4 the segmentation node live on a held-out drive (student mode)")
+    started = time.monotonic()
+    rclpy.init()
+    node = rclpy.create_node("clip2scene_demo")
+    from clip2scene_ros.msg import SegmentationInfo
+    infos = []
+    node.create_subscription(SegmentationInfo, "segmentation/info", infos.append, 50)
+    segmenter = start("clip2scene_ros.segment_node", "config/segment_node.yaml",
+                      {"mode": "student", "checkpoint": str(checkpoint), "calibration_file": str(calibration),
+                       "camera_topics": cameras, "qos_reliability": "reliable", "sync_timeout_ms": 500.0},
+                      out / "logs" / "segmenter.log")
+    deadline = time.monotonic() + 120
+    while node.count_publishers("segmentation/info") == 0 and time.monotonic() < deadline:
+        rclpy.spin_once(node, timeout_sec=0.1)
+    publisher = start("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
+                      {"source": test_drive, "rate_hz": 2.0, "wait_for_subscribers": 1},
+                      out / "logs" / "publisher_live.log")
+    deadline = time.monotonic() + 300
+    while publisher.poll() is None and time.monotonic() < deadline:
+        rclpy.spin_once(node, timeout_sec=0.1)
+    end = time.monotonic() + 5
+    while len(infos) < 8 and time.monotonic() < end:
+        rclpy.spin_once(node, timeout_sec=0.1)
+    stop(segmenter)
+    node.destroy_node()
+    rclpy.shutdown()
+    live_latency = [info.total_latency_ms for info in infos]
+    print(f"{len(infos)} sweeps segmented live; end-to-end latency p50 {np.median(live_latency):.0f} ms"
+          if infos else "no sweep came back from the segmentation node; see logs/segmenter.log")
+    timings["live_s"] = time.monotonic() - started
+
+    step("4/4 replaying the held-out drive's recording: teacher against student")
+    started = time.monotonic()
+    clip2scene("export", test_drive, str(out / "heldout"), "--quiet")
+    clip2scene("replay", str(out / "heldout"), "--teacher", teacher, "--vocabulary", "nuscenes", "--config",
+               str(config), "--out", str(out / "replay_teacher"))
+    clip2scene("replay", str(out / "heldout"), "--checkpoint", str(checkpoint), "--out", str(out / "replay_student"),
+               "--out-bag", str(out / "heldout_labelled"))
+    clip2scene("evaluate", "--checkpoint", str(checkpoint), "--data", f"bag:{out / 'heldout'}", "--out",
+               str(out / "evaluation"))
+    timings["replay_s"] = time.monotonic() - started
+
+    teacher_report = json.loads((out / "replay_teacher" / "replay.json").read_text())
+    student_report = json.loads((out / "replay_student" / "replay.json").read_text())
+    summary = {"teacher": teacher, "recorded_pairs": len(recorded), "live_sweeps": len(infos),
+               "live_latency_ms_p50": float(np.median(live_latency)) if infos else None,
+               "teacher_miou_all": teacher_report["all_points"]["miou"],
+               "teacher_miou_in_view": teacher_report["in_view"]["miou"],
+               "student_miou_all": student_report["all_points"]["miou"],
+               "student_miou_in_view": student_report["in_view"]["miou"],
+               "student_latency_ms_p50": student_report["latency_ms"]["student"]["p50"], **timings}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def table(summary: dict) -> str:
+    def pct(value):
+        return "-" if value is None else f"{100 * value:.1f}"
+    return "\n".join([
+        "",
+        f"{'':<28} {'mIoU all points':>16} {'mIoU in view':>14}",
+        f"{'teacher (' + summary['teacher'] + ')':<28} {pct(summary['teacher_miou_all']):>16} "
+        f"{pct(summary['teacher_miou_in_view']):>14}",
+        f"{'student (pretrained here)':<28} {pct(summary['student_miou_all']):>16} "
+        f"{pct(summary['student_miou_in_view']):>14}",
+        "",
+        f"student inference p50 {summary['student_latency_ms_p50']:.0f} ms per sweep; live end-to-end p50 "
+        f"{summary['live_latency_ms_p50'] or float('nan'):.0f} ms over {summary['live_sweeps']} sweeps",
+        f"times: record {summary['record_s']:.0f} s, pretrain {summary['pretrain_s']:.0f} s, live "
+        f"{summary['live_s']:.0f} s, replay {summary['replay_s']:.0f} s"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="out/demo")
+    parser.add_argument("--frames", type=int, default=24, help="frames of the recorded drive")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--teacher", default="noisy:0.3", help="noisy:RATE, labels, or maskclip (needs CLIP weights)")
+    parser.add_argument("--clip-weights", help="a CLIP checkpoint file: use MaskCLIP as the teacher")
+    args = parser.parse_args()
+    teacher = "maskclip" if args.clip_weights else args.teacher
+    out = Path(args.out)
+    summary = run(out, args.frames, args.epochs, teacher, args.clip_weights)
+    print(table(summary))
+    print(f"\npictures: {out / 'evaluation'} (confusion matrices, per-class IoU, a labelled frame), "
+          f"{out / 'student' / 'losses.png'}; labelled clouds: {out / 'heldout_labelled'}")
+
+
+if __name__ == "__main__":
+    main()
