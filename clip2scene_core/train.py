@@ -59,6 +59,7 @@ class TrainConfig:
     sweeps: int = 3
     semantic_loss: str = "infonce"
     tau: float = 0.5                    # paper 0.5
+    normalize: bool = True              # cosine similarity in the semantic loss (False: the paper's raw dot product)
     spatial_temporal: bool = True
     st_weight: float = 1.0              # lambda, paper 1
     st_grid_m: float = 0.1
@@ -211,7 +212,7 @@ class Pretrainer:
         # Only paired points enter the losses: ask the student for those alone.
         offsets = np.cumsum([0] + [sum(len(p) for p in sample.points) for sample in samples])
         paired = torch.from_numpy(np.concatenate([sample.paired + offset for sample, offset in zip(samples, offsets)]))
-        semantic, local = self.student(batch, paired.to(self.device))
+        semantic, local = self.student(batch, paired.to(self.device), normalize=config.normalize)
         self_training = config.self_training and epoch >= config.self_training_start * config.epochs
         totals = {"semantic": [], "spatial_temporal": []}
         start = 0

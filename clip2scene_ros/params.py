@@ -1,30 +1,54 @@
-"""Declaring node parameters with a description and, for numbers, a range, in one line each."""
+"""Node parameters: each node lists them once (name, default, description, range) and declares them all.
+
+The shipped params files in config/ are checked against these lists by the tests.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 
-def declare(node, name: str, default, description: str, low=None, high=None, read_only: bool = False,
-            item_type: type = str):
-    """Declare a parameter (with its range when low/high are given) and return its value.
+@dataclass(frozen=True)
+class Param:
+    """A parameter: low/high give numbers a range; read_only ones are fixed at start-up;
+    list defaults are arrays of item_type."""
+
+    name: str
+    default: object
+    description: str
+    low: float | None = None
+    high: float | None = None
+    read_only: bool = False
+    item_type: type = str
+
+
+def declare(node, param: Param):
+    """Declare one parameter and return its value.
 
     A list parameter that starts empty has no element type for rclpy to infer, so it is declared
     dynamically typed and its value checked here to be a list of item_type.
     """
-    descriptor = ParameterDescriptor(description=description, read_only=read_only)
-    if isinstance(default, list):
+    descriptor = ParameterDescriptor(description=param.description, read_only=param.read_only)
+    if isinstance(param.default, list):
         descriptor.dynamic_typing = True
-        value = node.declare_parameter(name, default, descriptor).value
+        value = node.declare_parameter(param.name, param.default, descriptor).value
         value = [] if value is None else list(value)
-        if not all(isinstance(v, item_type) or (item_type is float and isinstance(v, int)) for v in value):
-            raise ValueError(f"parameter {name} must be a list of {item_type.__name__}, got {value!r}")
-        return [item_type(v) for v in value]
-    if low is not None and high is not None:
-        if isinstance(default, bool):
-            raise TypeError(f"parameter {name}: booleans take no range")
-        if isinstance(default, int):
-            descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=0)]
+        ok = all(isinstance(v, param.item_type) or (param.item_type is float and isinstance(v, int)) for v in value)
+        if not ok:
+            raise ValueError(f"parameter {param.name} must be a list of {param.item_type.__name__}, got {value!r}")
+        return [param.item_type(v) for v in value]
+    if param.low is not None:
+        if isinstance(param.default, int) and not isinstance(param.default, bool):
+            descriptor.integer_range = [IntegerRange(from_value=int(param.low), to_value=int(param.high), step=0)]
         else:
-            descriptor.floating_point_range = [FloatingPointRange(from_value=float(low), to_value=float(high), step=0.0)]
-    return node.declare_parameter(name, default, descriptor).value
+            descriptor.floating_point_range = [FloatingPointRange(from_value=float(param.low),
+                                                                  to_value=float(param.high), step=0.0)]
+    return node.declare_parameter(param.name, param.default, descriptor).value
+
+
+def declare_all(node, params: list[Param]) -> SimpleNamespace:
+    """Declare every parameter; their values as attributes."""
+    return SimpleNamespace(**{param.name: declare(node, param) for param in params})

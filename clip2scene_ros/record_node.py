@@ -34,39 +34,45 @@ from clip2scene_core.data.rosbag2 import (CAMERA_INFO, COMPRESSED_IMAGE, IMAGE, 
 from clip2scene_core.sync import Synchronizer
 
 from . import conversions
-from .params import declare
+from .params import Param, declare_all
 
 
 class StopRecording(Exception):
     """The recording cannot go on (disk full, write error); the part written so far is closed."""
 
 
+PARAMETERS = [
+    Param("output_dir", "recordings/run", "folder of the recording (bag parts inside); must not exist yet",
+          read_only=True),
+    Param("lidar_topic", "/lidar/points", "PointCloud2 input", read_only=True),
+    Param("camera_topics", [], "Image or CompressedImage topics, camera_info beside each", read_only=True),
+    Param("calibration_file", "", "static transforms written as /tf_static", read_only=True),
+    Param("odometry_topic", "", "nav_msgs/Odometry written as /tf (ego poses for sweeps); empty: none",
+          read_only=True),
+    Param("record_label_images", False, "also record <camera namespace>/labels images", read_only=True),
+    Param("sync_slop_ms", 50.0, "largest camera-LiDAR stamp difference that pairs", 0.0, 1000.0, read_only=True),
+    Param("sync_timeout_ms", 300.0, "give up waiting for a sweep's cameras after this long (the sweep is dropped)",
+          1.0, 10000.0, read_only=True),
+    Param("split_size_mb", 1024.0, "start a new bag part after this many MB", 1.0, 1e6, read_only=True),
+    Param("split_duration_s", 0.0, "start a new bag part after this many seconds; 0: never", 0.0, 1e6,
+          read_only=True),
+    Param("reserve_mb", 16.0, "stop cleanly before free space or the file-size limit falls below this", 1.0, 1e5,
+          read_only=True),
+    Param("storage", "mcap", "mcap or sqlite3", read_only=True),
+    Param("qos_reliability", "best_effort", "input QoS: best_effort or reliable", read_only=True),
+    Param("qos_depth", 10, "input queue depth", 1, 1000, read_only=True),
+]
+
+
 class RecordNode(Node):
     def __init__(self):
         super().__init__("clip2scene_recorder")
-        p = functools.partial(declare, self)
-        self.output_dir = Path(p("output_dir", "recordings/run", "folder of the recording (bag parts inside); must "
-                                 "not exist yet", read_only=True))
-        lidar_topic = p("lidar_topic", "/lidar/points", "PointCloud2 input", read_only=True)
-        camera_topics = p("camera_topics", [], "Image or CompressedImage topics, camera_info beside each",
-                          read_only=True)
-        calibration_file = p("calibration_file", "", "static transforms written as /tf_static", read_only=True)
-        odometry_topic = p("odometry_topic", "", "nav_msgs/Odometry written as /tf (ego poses for sweeps); "
-                           "empty: none", read_only=True)
-        record_labels = p("record_label_images", False, "also record <camera namespace>/labels images",
-                          read_only=True)
-        slop_ms = p("sync_slop_ms", 50.0, "largest camera-LiDAR stamp difference that pairs", 0.0, 1000.0,
-                    read_only=True)
-        timeout_ms = p("sync_timeout_ms", 300.0, "give up waiting for a sweep's cameras after this long (the sweep "
-                       "is dropped)", 1.0, 10000.0, read_only=True)
-        self.split_size = p("split_size_mb", 1024.0, "start a new bag part after this many MB", 1.0, 1e6) * 1e6
-        self.split_duration = p("split_duration_s", 0.0, "start a new bag part after this many seconds; 0: never",
-                                0.0, 1e6)
-        self.reserve = p("reserve_mb", 16.0, "stop cleanly before free space or the file-size limit falls below "
-                         "this", 1.0, 1e5) * 1e6
-        self.storage = p("storage", "mcap", "mcap or sqlite3", read_only=True)
-        reliability = p("qos_reliability", "best_effort", "input QoS: best_effort or reliable", read_only=True)
-        depth = p("qos_depth", 10, "input queue depth", 1, 1000, read_only=True)
+        v = declare_all(self, PARAMETERS)
+        self.output_dir = Path(v.output_dir)
+        self.split_size, self.split_duration, self.reserve = v.split_size_mb * 1e6, v.split_duration_s, \
+            v.reserve_mb * 1e6
+        self.storage = v.storage
+        lidar_topic, camera_topics, calibration_file = v.lidar_topic, v.camera_topics, v.calibration_file
 
         if self.output_dir.exists() and any(self.output_dir.iterdir()):
             raise ValueError(f"parameter output_dir: {self.output_dir} exists and is not empty; choose a new folder")
@@ -75,17 +81,17 @@ class RecordNode(Node):
             self.get_logger().warning("no calibration_file: the bag has no /tf_static, so its cameras cannot be "
                                       "placed when it is read")
         self.cameras = {topic: camera_name(topic) for topic in camera_topics}
-        self.sync = Synchronizer(list(self.cameras.values()), int(slop_ms * 1e6), timeout_ns=int(timeout_ms * 1e6),
-                                 queue_size=60)
-        qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.BEST_EFFORT if reliability == "best_effort"
-                         else ReliabilityPolicy.RELIABLE)
+        self.sync = Synchronizer(list(self.cameras.values()), int(v.sync_slop_ms * 1e6),
+                                 timeout_ns=int(v.sync_timeout_ms * 1e6), queue_size=60)
+        qos = QoSProfile(depth=v.qos_depth, reliability=ReliabilityPolicy.BEST_EFFORT
+                         if v.qos_reliability == "best_effort" else ReliabilityPolicy.RELIABLE)
         self.lidar_topic = lidar_topic
         self.types = {lidar_topic: POINTCLOUD2}
         self.infos: dict[str, tuple[str, bytes]] = {}
         self.labels: dict[str, dict[int, tuple[str, bytes]]] = {}
         # Released pairs wait here (at most the sync timeout) for label images that come after their images.
         self.waiting: deque = deque()
-        self.label_wait_ns = int(timeout_ms * 1e6)
+        self.label_wait_ns = int(v.sync_timeout_ms * 1e6)
         self.create_subscription(PointCloud2, lidar_topic, self.on_cloud, qos, raw=True)
         for topic, name in self.cameras.items():
             compressed = topic.rstrip("/").endswith("/compressed")
@@ -96,14 +102,14 @@ class RecordNode(Node):
             self.types[info_topic] = CAMERA_INFO
             self.create_subscription(CameraInfo, info_topic, functools.partial(self.on_info, name, info_topic), qos,
                                      raw=True)
-            if record_labels:
+            if v.record_label_images:
                 label_topic = f"{camera_namespace(topic).rstrip('/')}/labels"
                 self.types[label_topic] = IMAGE
                 self.labels[name] = {}
                 self.create_subscription(Image, label_topic, functools.partial(self.on_label, name, label_topic),
                                          qos, raw=True)
-        if odometry_topic:
-            self.create_subscription(Odometry, odometry_topic, self.on_odometry, qos)
+        if v.odometry_topic:
+            self.create_subscription(Odometry, v.odometry_topic, self.on_odometry, qos)
         self.status_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(0.05, self.on_poll)
         self.create_timer(1.0, self.publish_status)

@@ -12,7 +12,6 @@ Nothing is decoded or segmented while no output has a subscriber.
 
 from __future__ import annotations
 
-import functools
 import time
 
 import numpy as np
@@ -37,7 +36,7 @@ from clip2scene_core.vocabulary import IGNORE, Vocabulary, VocabularyError, load
 
 from . import conversions
 from .msg import SegmentationInfo
-from .params import declare
+from .params import Param, declare_all
 
 UNLABELLED = 65535
 
@@ -58,44 +57,51 @@ def vocabulary_from(file_or_name: str, names: list[str], prompts: list[str]) -> 
     return Vocabulary.from_dict({"name": "parameters", "classes": classes}, "node parameters class_names")
 
 
+PARAMETERS = [
+    Param("mode", "student", f"segmentation mode: {', '.join(MODES)}", read_only=True),
+    Param("checkpoint", "", "student checkpoint (.pt), needed by student and fusion modes", read_only=True),
+    Param("config_file", "", "clip2scene YAML config (CLIP model and weights, teacher options)", read_only=True),
+    Param("vocabulary", "nuscenes", "vocabulary YAML or shipped name; may change at run time"),
+    Param("class_names", [], "class names overriding the vocabulary file (run time)"),
+    Param("class_prompts", [], "per class 'prompt|prompt' for class_names (run time)"),
+    Param("teacher", "maskclip", "teacher of teacher/fusion modes: maskclip, labels[:NAME], noisy:RATE",
+          read_only=True),
+    Param("device", "auto", "auto, cuda or cpu", read_only=True),
+    Param("lidar_topic", "/lidar/points", "PointCloud2 input", read_only=True),
+    Param("camera_topics", [], "Image or CompressedImage topics (.../compressed), camera_info beside each",
+          read_only=True),
+    Param("calibration_file", "", "static transforms LiDAR/cameras (see config/calibration_example.yaml)",
+          read_only=True),
+    Param("sync_slop_ms", 50.0, "largest camera-LiDAR stamp difference that pairs", 0.0, 1000.0, read_only=True),
+    Param("sync_timeout_ms", 100.0, "process a sweep this long after it arrived with the cameras that came; 0 "
+          "waits for every camera", 0.0, 5000.0, read_only=True),
+    Param("camera_offsets_ms", [], "per camera (same order), added to its stamps before pairing", read_only=True,
+          item_type=float),
+    Param("qos_reliability", "best_effort", "input QoS: best_effort (sensor data) or reliable", read_only=True),
+    Param("qos_depth", 5, "input queue depth", 1, 100, read_only=True),
+    Param("publish_colored", True, "publish segmentation/colored for RViz (run time)"),
+    Param("publish_overlay", False, "publish segmentation/overlay, a camera image (run time)"),
+    Param("overlay_camera", "", "camera drawn on the overlay, default the first (run time)"),
+    Param("processing_budget_ms", 100.0, "diagnostics WARN above it, ERROR above twice it (run time)", 1.0, 10000.0),
+    Param("input_timeout_s", 1.0, "diagnostics ERROR when no cloud arrives this long (run time)", 0.1, 60.0),
+    Param("label_field", "label", "ground-truth label field of the input cloud, if any", read_only=True),
+]
+
+
 class SegmentNode(Node):
     def __init__(self):
         super().__init__("clip2scene_segmenter")
-        p = functools.partial(declare, self)
-        self.mode = p("mode", "student", f"segmentation mode: {', '.join(MODES)}", read_only=True)
-        checkpoint = p("checkpoint", "", "student checkpoint (.pt), needed by student and fusion modes", read_only=True)
-        config_file = p("config_file", "", "clip2scene YAML config (CLIP model, teacher, text encoder)", read_only=True)
-        self.vocabulary_file = p("vocabulary", "nuscenes", "vocabulary YAML or shipped name; may change at run time")
-        self.class_names = p("class_names", [], "class names overriding the vocabulary file (run time)")
-        self.class_prompts = p("class_prompts", [], "per class 'prompt|prompt' for class_names (run time)")
-        teacher_name = p("teacher", "maskclip", "teacher of teacher/fusion modes: maskclip, labels[:NAME], noisy:RATE",
-                         read_only=True)
-        device = p("device", "auto", "auto, cuda or cpu", read_only=True)
-        lidar_topic = p("lidar_topic", "/lidar/points", "PointCloud2 input", read_only=True)
-        camera_topics = p("camera_topics", [], "Image or CompressedImage topics (.../compressed), each with "
-                          "camera_info beside it", read_only=True)
-        calibration_file = p("calibration_file", "", "static transforms LiDAR/cameras (see "
-                             "config/calibration_example.yaml)", read_only=True)
-        slop_ms = p("sync_slop_ms", 50.0, "largest camera-LiDAR stamp difference that pairs", 0.0, 1000.0,
-                    read_only=True)
-        timeout_ms = p("sync_timeout_ms", 100.0, "process a sweep this long after it arrived with the cameras "
-                       "that came", 0.0, 5000.0, read_only=True)
-        offsets = p("camera_offsets_ms", [], "per camera (same order), added to its stamps before pairing",
-                    read_only=True, item_type=float)
-        reliability = p("qos_reliability", "best_effort", "input QoS: best_effort (sensor data) or reliable",
-                        read_only=True)
-        depth = p("qos_depth", 5, "input queue depth", 1, 100, read_only=True)
-        self.publish_colored = p("publish_colored", True, "publish segmentation/colored for RViz")
-        self.publish_overlay = p("publish_overlay", False, "publish segmentation/overlay (a camera image)")
-        self.overlay_camera = p("overlay_camera", "", "camera drawn on the overlay (default: the first)")
-        self.budget_ms = p("processing_budget_ms", 100.0, "diagnostics WARN above it, ERROR above twice it",
-                           1.0, 10000.0)
-        self.input_timeout_s = p("input_timeout_s", 1.0, "diagnostics ERROR when no cloud arrives this long",
-                                 0.1, 60.0)
-        label_field = p("label_field", "label", "ground-truth label field of the input cloud, if any", read_only=True)
+        v = declare_all(self, PARAMETERS)
+        self.mode, self.vocabulary_file = v.mode, v.vocabulary
+        self.class_names, self.class_prompts = v.class_names, v.class_prompts
+        self.publish_colored, self.publish_overlay, self.overlay_camera = v.publish_colored, v.publish_overlay, \
+            v.overlay_camera
+        self.budget_ms, self.input_timeout_s = v.processing_budget_ms, v.input_timeout_s
+        checkpoint, config_file, teacher_name = v.checkpoint, v.config_file, v.teacher
+        camera_topics, offsets, reliability = v.camera_topics, v.camera_offsets_ms, v.qos_reliability
 
         config = load_config(config_file or None)
-        self.device = resolve_device(device)
+        self.device = resolve_device(v.device)
         self.vocabulary = vocabulary_from(self.vocabulary_file, self.class_names, self.class_prompts)
         student = teacher = None
         if self.mode not in MODES:
@@ -115,7 +121,7 @@ class SegmentNode(Node):
                 self.model_id = teacher.identity
         self.segmenter = Segmenter(self.vocabulary, self.mode, teacher=teacher, student=student)
 
-        calibration = load_calibration(calibration_file)[0] if calibration_file else None
+        calibration = load_calibration(v.calibration_file)[0] if v.calibration_file else None
         if camera_topics and calibration is None:
             self.get_logger().warning("camera_topics given without calibration_file: cameras cannot be placed and "
                                       "are ignored")
@@ -123,14 +129,15 @@ class SegmentNode(Node):
         if offsets and len(offsets) != len(camera_topics):
             raise ValueError(f"parameter camera_offsets_ms has {len(offsets)} values for {len(camera_topics)} cameras")
         offsets_by_camera = dict(zip(self.cameras.values(), offsets))
-        self.pipeline = LivePipeline(self.segmenter, list(self.cameras.values()), calibration, slop_ms,
-                                     offsets_by_camera, timeout_ms if timeout_ms > 0 else None, label_field)
+        self.pipeline = LivePipeline(self.segmenter, list(self.cameras.values()), calibration, v.sync_slop_ms,
+                                     offsets_by_camera, v.sync_timeout_ms if v.sync_timeout_ms > 0 else None,
+                                     v.label_field)
 
         if reliability not in ("best_effort", "reliable"):
             raise ValueError(f"parameter qos_reliability: {reliability!r} is not best_effort or reliable")
-        qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.BEST_EFFORT if reliability == "best_effort"
+        qos = QoSProfile(depth=v.qos_depth, reliability=ReliabilityPolicy.BEST_EFFORT if reliability == "best_effort"
                          else ReliabilityPolicy.RELIABLE)
-        self.create_subscription(PointCloud2, lidar_topic, self.on_cloud, qos)
+        self.create_subscription(PointCloud2, v.lidar_topic, self.on_cloud, qos)
         kind, _, argument = teacher_name.partition(":")
         label_images = argument if kind == "labels" and argument else "labels"
         for topic, name in self.cameras.items():
@@ -155,7 +162,7 @@ class SegmentNode(Node):
         self.last_cloud = time.monotonic()
         self.last_latency_ms = 0.0
         self.warned: dict[str, float] = {}
-        self.get_logger().info(f"{self.mode} mode on {lidar_topic} with {len(self.cameras)} cameras, vocabulary "
+        self.get_logger().info(f"{self.mode} mode on {v.lidar_topic} with {len(self.cameras)} cameras, vocabulary "
                                f"{self.vocabulary.name} ({len(self.vocabulary)} classes)")
 
     # -- inputs -----------------------------------------------------------------------------------

@@ -23,29 +23,37 @@ from clip2scene_core.data import open_source
 from clip2scene_core.data.rosbag2 import BagLayout, camera_namespace
 
 from . import conversions
-from .params import declare
+from .params import Param, declare_all
+
+
+PARAMETERS = [
+    Param("source", "synthetic:frames=40,seed=0,cameras=6", "data source string to play", read_only=True),
+    Param("rate_hz", 10.0, "frames per second", 0.1, 100.0, read_only=True),
+    Param("loop", False, "start again after the last frame", read_only=True),
+    Param("restamp", True, "stamp messages with this node's clock instead of the source's", read_only=True),
+    Param("compressed", True, "publish jpeg CompressedImage instead of rgb8 Image", read_only=True),
+    Param("publish_labels", True, "publish ground-truth labels (cloud field label, /<camera>/labels)",
+          read_only=True),
+    Param("exit_when_done", True, "shut down after the last frame (without loop)", read_only=True),
+    Param("lidar_topic", "/lidar/points", "PointCloud2 topic", read_only=True),
+    Param("odometry_topic", "/odom", "nav_msgs/Odometry of the ego pose (world -> base_link); empty: none",
+          read_only=True),
+    Param("reliability", "reliable", "QoS reliability: reliable or best_effort", read_only=True),
+    Param("wait_for_subscribers", 0, "start playing once the LiDAR topic has this many subscribers", 0, 100,
+          read_only=True),
+]
 
 
 class SensorPublisher(Node):
     def __init__(self):
         super().__init__("clip2scene_sensor_publisher")
-        self.source_text = declare(self, "source", "synthetic:frames=40,seed=0,cameras=6",
-                                   "data source string to play (see `clip2scene inspect --help`)", read_only=True)
-        rate = declare(self, "rate_hz", 10.0, "frames per second", 0.1, 100.0)
-        self.loop = declare(self, "loop", False, "start again after the last frame")
-        self.restamp = declare(self, "restamp", True, "stamp messages with this node's clock instead of the source's")
-        compressed = declare(self, "compressed", True, "publish jpeg CompressedImage instead of rgb8 Image")
-        self.publish_labels = declare(self, "publish_labels", True,
-                                      "publish ground-truth labels (cloud field `label`, /<camera>/labels)")
-        self.exit_when_done = declare(self, "exit_when_done", True, "shut down after the last frame (without loop)")
-        lidar_topic = declare(self, "lidar_topic", "/lidar/points", "PointCloud2 topic", read_only=True)
-        odometry_topic = declare(self, "odometry_topic", "/odom", "nav_msgs/Odometry of the ego pose (world ->"
-                                 " base_link); empty: none", read_only=True)
-        reliability = declare(self, "reliability", "reliable", "QoS reliability: reliable or best_effort")
-        self.wait_for_subscribers = declare(self, "wait_for_subscribers", 0,
-                                            "start playing once the LiDAR topic has this many subscribers", 0, 100)
-        qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT if reliability == "best_effort"
+        v = declare_all(self, PARAMETERS)
+        self.source_text, self.loop, self.restamp = v.source, v.loop, v.restamp
+        self.publish_labels, self.exit_when_done = v.publish_labels, v.exit_when_done
+        self.wait_for_subscribers = v.wait_for_subscribers
+        qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT if v.reliability == "best_effort"
                          else ReliabilityPolicy.RELIABLE)
+        lidar_topic, odometry_topic, compressed, rate = v.lidar_topic, v.odometry_topic, v.compressed, v.rate_hz
 
         self.layout = BagLayout(lidar_topic=lidar_topic, compressed=compressed)
         source = open_source(self.source_text)

@@ -179,7 +179,7 @@ def make_batch(scans: list[tuple[np.ndarray, np.ndarray | None]], voxel_size_m: 
 
 
 class Student(nn.Module):
-    """forward(batch) -> (semantic, local) point features, each (P, embed_dim) and L2-normalised."""
+    """forward(batch) -> (semantic, local) point features, each (P, embed_dim)."""
 
     def __init__(self, config: StudentConfig):
         super().__init__()
@@ -224,14 +224,17 @@ class Student(nn.Module):
             x = stage(x.replace_feature(torch.cat([x.features, skip.features], dim=1)))
         return x.features
 
-    def forward(self, batch: VoxelBatch, points: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """points: optional (M,) indices of the points wanted (default all); training asks only for the
-        points its losses use, which saves most of the (M, embed_dim) head work."""
+    def forward(self, batch: VoxelBatch, points: torch.Tensor | None = None,
+                normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(semantic, local) point features. points: optional (M,) indices of the points wanted (default
+        all); training asks only for the points its losses use, which saves most of the head work.
+        normalize: L2-normalise the semantic features (the local ones always are)."""
         voxel_of_point = batch.point_to_voxel if points is None else batch.point_to_voxel[points]
         # index_select, not [] indexing: its backward is a deterministic index_add on CPU, where the
         # backward of advanced indexing accumulates with atomics in a thread-dependent order.
         features = self.voxel_features(batch).index_select(0, voxel_of_point)
-        return F.normalize(self.semantic_head(features), dim=1), F.normalize(self.local_head(features), dim=1)
+        semantic = self.semantic_head(features)
+        return (F.normalize(semantic, dim=1) if normalize else semantic), F.normalize(self.local_head(features), dim=1)
 
     def set_text_embeddings(self, embeddings: torch.Tensor) -> None:
         if embeddings.shape[1] != self.config.embed_dim:

@@ -1,0 +1,44 @@
+"""Live open-vocabulary LiDAR segmentation.
+
+    ros2 launch clip2scene_ros segment.launch.py checkpoint:=/path/student.pt \
+        calibration_file:=/path/calibration.yaml mode:=student rviz:=true
+
+Parameters come from params_file (config/segment_node.yaml by default); the arguments below
+override the most common ones.
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def generate_launch_description():
+    share = get_package_share_directory("clip2scene_ros")
+    arguments = [
+        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "segment_node.yaml"),
+                              description="node parameters (YAML)"),
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its outputs"),
+        DeclareLaunchArgument("mode", default_value="student", description="student, teacher or fusion"),
+        DeclareLaunchArgument("checkpoint", default_value="", description="student checkpoint (.pt)"),
+        DeclareLaunchArgument("calibration_file", default_value="", description="LiDAR/camera static transforms"),
+        DeclareLaunchArgument("vocabulary", default_value="nuscenes", description="vocabulary YAML or shipped name"),
+        DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (bag playback)"),
+        DeclareLaunchArgument("rviz", default_value="false", description="start RViz with the shipped view"),
+    ]
+    segmenter = Node(
+        package="clip2scene_ros", executable="segment_node", name="clip2scene_segmenter",
+        namespace=LaunchConfiguration("namespace"), output="screen",
+        parameters=[LaunchConfiguration("params_file"),
+                    {"mode": LaunchConfiguration("mode"), "checkpoint": LaunchConfiguration("checkpoint"),
+                     "calibration_file": LaunchConfiguration("calibration_file"),
+                     "vocabulary": LaunchConfiguration("vocabulary"),
+                     "use_sim_time": LaunchConfiguration("use_sim_time")}])
+    rviz = Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
+                arguments=["-d", os.path.join(share, "config", "clip2scene.rviz")],
+                condition=IfCondition(LaunchConfiguration("rviz")))
+    return LaunchDescription(arguments + [segmenter, rviz])
