@@ -25,5 +25,8 @@ test: setup
 demo: setup
 	$(RUN_ENV) $(PY) -m clip2scene_ros.demo --out out/demo
 
+bench: setup
+	$(RUN_ENV) $(PY) benchmarks/run_all.py $(BENCH_ARGS)
+
 clean:
 	rm -rf build install log out $(VENV)

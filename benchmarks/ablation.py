@@ -75,7 +75,10 @@ def main() -> None:
     parser.add_argument("--preset", default="small")
     parser.add_argument("--max-points", type=int, default=4000)
     parser.add_argument("--rows", help="comma-separated row numbers to run (default all)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 1 drive of 6 frames, 2 epochs")
     args = parser.parse_args()
+    if args.quick:
+        args.train_drives, args.test_drives, args.frames, args.epochs = 1, 1, 6, 2
     torch.set_num_threads(max(1, torch.get_num_threads()))
     size = "width=200,height=112"
     started = time.perf_counter()

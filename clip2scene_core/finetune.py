@@ -105,7 +105,7 @@ def finetune(model: StudentModel, source: FrameSource, vocabulary: Vocabulary, c
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total += float(loss)
+            total += float(loss.detach())
         history.append({"epoch": epoch + 1, "loss": total / steps})
         log.info("fine-tune epoch %d: loss %.4f", epoch + 1, total / steps)
     network.eval()

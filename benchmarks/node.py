@@ -1,0 +1,218 @@
+"""Node benchmarks.
+
+1. overhead per message in the segmentation node's own work besides the model: decode the cloud,
+   synchronise, encode the labelled cloud (35k and 100k points; target on CPU: at most 3 ms per
+   100k-point cloud);
+2. end-to-end latency across processes, per mode: the sensor publisher stamps a sweep, the segmentation
+   node segments it, this process receives SegmentationInfo (p50/p95/p99), and the node's memory;
+3. recorder throughput at 20 Hz with six cameras: pairs/s, MB/s, drops.
+    python benchmarks/node.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import timed, write  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "SHM")
+os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 50))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def overhead_rows(repeats: int) -> list[dict]:
+    from clip2scene_core import messages as conv
+    from clip2scene_core.sync import Synchronizer
+    from clip2scene_ros import conversions
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for count in (35_000, 100_000):
+        points = rng.normal(size=(count, 3)).astype(np.float32) * 20
+        fields = {"intensity": rng.random(count).astype(np.float32),
+                  "ring": rng.integers(0, 32, count).astype(np.uint16),
+                  "time": rng.random(count).astype(np.float32) * 0.1}
+        message = conversions.cloud_msg(conv.encode_cloud(points, fields), conversions.header(1, "lidar"))
+        labels = rng.integers(0, 16, count).astype(np.uint16)
+        scores = rng.random(count).astype(np.float32)
+        sync = Synchronizer(["front"], 50_000_000, timeout_ns=100_000_000)
+        stamp = [0]
+
+        def decode():
+            conv.decode_cloud(message)
+
+        def synchronise():
+            stamp[0] += 100_000_000
+            sync.add_camera("front", stamp[0], None, stamp[0])
+            sync.add_lidar(stamp[0], None, stamp[0])
+
+        def encode():
+            conversions.cloud_msg(conv.encode_cloud(points, {"intensity": fields["intensity"]},
+                                                    extra={"label": labels, "score": scores}),
+                                  conversions.header(1, "lidar"))
+
+        stages = {name: timed(f, repeats=repeats)["p50_ms"] for name, f in
+                  (("decode", decode), ("sync", synchronise), ("encode", encode))}
+        rows.append({"points": count, **{f"{k}_ms": v for k, v in stages.items()},
+                     "total_ms": sum(stages.values())})
+    return rows
+
+
+def start(module: str, params_file: str, parameters: dict, log) -> subprocess.Popen:
+    command = [sys.executable, "-m", module, "--ros-args", "--params-file", str(ROOT / params_file)]
+    for name, value in parameters.items():
+        command += ["-p", f"{name}:={value}"]
+    return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def spin_while(node, condition, seconds: float) -> None:
+    import rclpy
+
+    deadline = time.monotonic() + seconds
+    while condition() and time.monotonic() < deadline:
+        rclpy.spin_once(node, timeout_sec=0.05)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def end_to_end_rows(workdir: Path, frames: int, quick: bool) -> list[dict]:
+    import rclpy
+    import torch
+
+    from clip2scene_core.calibration import frame_transforms, save_calibration
+    from clip2scene_core.data import open_source
+    from clip2scene_core.student.network import StudentConfig
+    from clip2scene_core.teacher import build_teacher
+    from clip2scene_core.train import Pretrainer, TrainConfig
+    from clip2scene_core.vocabulary import load_vocabulary
+    from clip2scene_ros.msg import SegmentationInfo
+
+    source = f"synthetic:frames={frames},seed=3,cameras=6,width=400,height=224"
+    calibration = save_calibration(workdir / "calibration.yaml", frame_transforms(open_source(source)[0]))
+    vocabulary = load_vocabulary("nuscenes")
+    # Latency does not depend on what the weights learned: one epoch on two frames gives a checkpoint.
+    Pretrainer([list(open_source("synthetic:frames=2,seed=1,cameras=1,width=64,height=48"))],
+               build_teacher("noisy:0.0", vocabulary, text_encoder="hash"), StudentConfig(preset="small"),
+               TrainConfig(epochs=1, batch_size=2, sweeps=1, max_points=2000), workdir / "student",
+               torch.device("cpu"), progress=False).run()
+    (workdir / "config.yaml").write_text("teacher: {text_encoder: hash}\n")
+    cameras = "[" + ",".join(f"/cam_{n}/image_raw/compressed" for n in
+                             ("front", "front_right", "front_left", "back", "back_left", "back_right")) + "]"
+    rclpy.init()
+    node = rclpy.create_node("clip2scene_bench")
+    rows = []
+    modes = ["student"] if quick else ["student", "teacher", "fusion"]
+    for mode in modes:
+        infos = []
+        subscription = node.create_subscription(SegmentationInfo, "segmentation/info", infos.append, 100)
+        with open(workdir / f"segmenter_{mode}.log", "w") as log:
+            segmenter = start("clip2scene_ros.segment_node", "config/segment_node.yaml",
+                              {"mode": mode, "checkpoint": str(workdir / "student" / "checkpoints" / "last.pt"),
+                               "teacher": "labels", "config_file": str(workdir / "config.yaml"),
+                               "calibration_file": str(calibration), "camera_topics": cameras,
+                               "qos_reliability": "reliable", "sync_timeout_ms": 200.0}, log)
+            deadline = time.monotonic() + 120
+            while node.count_publishers("segmentation/info") == 0 and time.monotonic() < deadline:
+                rclpy.spin_once(node, timeout_sec=0.1)
+            publisher = start("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
+                              {"source": source, "rate_hz": 2.0, "wait_for_subscribers": 1}, log)
+            spin_while(node, lambda: publisher.poll() is None and len(infos) < frames, 600)
+            spin_while(node, lambda: len(infos) < frames, 15)  # the last sweeps are still being segmented
+            memory = rss_mb(segmenter.pid)
+            stop(publisher)
+            stop(segmenter)
+        node.destroy_subscription(subscription)
+        latency = [info.total_latency_ms for info in infos]
+        stages = {}
+        for info in infos:
+            for name, value in zip(info.stage_names, info.stage_latencies_ms):
+                stages.setdefault(name, []).append(value)
+        rows.append({"mode": mode, "points": infos[0].num_points if infos else 0, "cameras": 6, "sweeps": len(infos),
+                     "p50_ms": float(np.percentile(latency, 50)) if latency else None,
+                     "p95_ms": float(np.percentile(latency, 95)) if latency else None,
+                     "p99_ms": float(np.percentile(latency, 99)) if latency else None,
+                     **{f"{name}_p50_ms": float(np.median(v)) for name, v in stages.items()},
+                     "node_rss_mb": memory})
+    node.destroy_node()
+    rclpy.shutdown()
+    return rows
+
+
+def recorder_rows(workdir: Path, seconds: float) -> list[dict]:
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from clip2scene_core.calibration import frame_transforms, save_calibration
+    from clip2scene_core.data import open_source
+
+    frames = int(seconds * 20)
+    source = f"synthetic:frames={frames},seed=4,cameras=6,width=400,height=224"
+    calibration = save_calibration(workdir / "calibration_rec.yaml", frame_transforms(open_source(source)[0]))
+    cameras = "[" + ",".join(f"/cam_{n}/image_raw/compressed" for n in
+                             ("front", "front_right", "front_left", "back", "back_left", "back_right")) + "]"
+    rclpy.init()
+    node = rclpy.create_node("clip2scene_bench_recorder")
+    statuses = []
+    node.create_subscription(DiagnosticArray, "/diagnostics", statuses.append, 100)
+    output = workdir / "recording"
+    with open(workdir / "recorder.log", "w") as log:
+        recorder = start("clip2scene_ros.record_node", "config/record_node.yaml",
+                         {"output_dir": str(output), "camera_topics": cameras, "calibration_file": str(calibration),
+                          "qos_reliability": "reliable", "qos_depth": 100}, log)
+        publisher = start("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
+                          {"source": source, "rate_hz": 20.0, "wait_for_subscribers": 1}, log)
+        spin_while(node, lambda: publisher.poll() is None, 600)
+        spin_while(node, lambda: True, 3)  # the recorder takes the last pairs off the wire
+        stop(recorder)
+    node.destroy_node()
+    rclpy.shutdown()
+    counts = {kv.key: kv.value for d in statuses for s in d.status if s.name.startswith("clip2scene_recorder")
+              for kv in s.values}
+    size = sum(f.stat().st_size for f in output.rglob("*") if f.is_file())
+    written = int(counts.get("written_pairs", 0))
+    return [{"rate_hz": 20, "cameras": 6, "published": frames, "written_pairs": written,
+             "dropped_pairs": int(counts.get("dropped_pairs", 0)), "missed": frames - written,
+             "pairs_per_s": written / seconds, "mb_per_s": size / 1e6 / seconds}]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    write("node_overhead", overhead_rows(repeats=5 if args.quick else 20),
+          {"note": "decode (PointCloud2 -> arrays), sync (one LiDAR + one camera), encode (labels -> PointCloud2)"})
+    with tempfile.TemporaryDirectory() as folder:
+        write("node_end_to_end", end_to_end_rows(Path(folder), frames=6 if args.quick else 20, quick=args.quick),
+              {"note": "publisher -> segmentation node -> this process over DDS (shared memory, reliable); "
+                       "6 cameras 400x224 jpeg; student preset small; teacher = label images (hash text)"})
+        write("recorder", recorder_rows(Path(folder), seconds=3 if args.quick else 10),
+              {"note": "synthetic sweeps (~32k points) + six 400x224 jpeg cameras at 20 Hz, reliable QoS"})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""`make bench`: every benchmark under benchmarks/, one JSON each in benchmarks/results/, and one
+summary table. GPU rows appear when CUDA is present; otherwise each JSON says they were skipped.
+    python benchmarks/run_all.py [--quick] [--skip ablation,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = ["teacher", "student", "node", "soak", "ablation"]
+
+
+def load(name: str) -> dict:
+    path = HERE / "results" / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def summary() -> list[tuple[str, str, str]]:
+    """(stage, figure, target) rows from the latest results."""
+    rows = []
+    teacher = load("teacher")
+    for row in teacher.get("rows", []):
+        if row["crop"] == "224x416":
+            rows.append((f"teacher {row['cameras']} camera(s) {row['crop']} {row['device']} {row['precision']}",
+                         f"{row['p50_ms']:.0f} ms", "H100 fp16, 6 cameras: <= 15 ms" if row["cameras"] == 6 else ""))
+    inference = load("student_inference")
+    for row in inference.get("rows", []):
+        rows.append((f"student {row['preset']} {row['points'] // 1000}k points {row['device']} {row['precision']}",
+                     f"{row['p50_ms']:.0f} ms", "H100: <= 15 ms at 35k, <= 30 ms at 120k (end to end)"
+                     if row["device"] == "cuda" and row["points"] in (35_000, 120_000) else ""))
+    for key, exponent in inference.get("scaling_exponent", {}).items():
+        rows.append((f"student scaling exponent {key}", f"{exponent:.2f}", "CPU: <= 1.1"))
+    for row in load("training").get("rows", []):
+        rows.append((f"training {row['preset']} {row['device']}", f"{row['scans_per_s']:.2f} scans/s, "
+                     f"{row['peak_memory_mb']:.0f} MB peak", ""))
+    for row in load("node_overhead").get("rows", []):
+        rows.append((f"node overhead {row['points'] // 1000}k points (decode+sync+encode)", f"{row['total_ms']:.2f} ms",
+                     "CPU: <= 3 ms at 100k"))
+    for row in load("node_end_to_end").get("rows", []):
+        if row["p50_ms"] is not None:
+            rows.append((f"node end to end, {row['mode']}, {row['points'] // 1000}k points, 6 cameras",
+                         f"p50 {row['p50_ms']:.0f} / p95 {row['p95_ms']:.0f} / p99 {row['p99_ms']:.0f} ms, "
+                         f"{row['node_rss_mb']:.0f} MB", ""))
+    for row in load("recorder").get("rows", []):
+        rows.append(("recorder 20 Hz, 6 cameras", f"{row['pairs_per_s']:.1f} pairs/s, {row['mb_per_s']:.1f} MB/s, "
+                     f"{row['missed']} missed of {row['published']}", "no drops"))
+    for row in load("soak").get("rows", []):
+        rows.append((f"soak {row['messages']} messages at {row['rate_hz']} Hz",
+                     f"RSS {row['rss_start_mb']:.0f} -> {row['rss_end_mb']:.0f} MB, slope "
+                     f"{row['slope_mb_per_1000']:.2f} MB/1000 msgs", "flat"))
+    for row in load("ablation").get("rows", []):
+        rows.append((f"ablation: {row['row']}", f"mIoU {row['miou_all']:.1f} all / {row['miou_in_view']:.1f} in view",
+                     ""))
+    return rows
+
+
+def table(rows) -> str:
+    widths = [max(len(r[i]) for r in rows + [("stage", "figure", "target")]) for i in range(3)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(("stage", "figure", "target"), widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test of every benchmark)")
+    parser.add_argument("--skip", default="", help="comma-separated benchmarks to leave out")
+    args = parser.parse_args()
+    skipped = set(filter(None, args.skip.split(",")))
+    for name in BENCHMARKS:
+        if name in skipped:
+            continue
+        started = time.monotonic()
+        print(f"\n=== {name}", flush=True)
+        command = [sys.executable, str(HERE / f"{name}.py")] + (["--quick"] if args.quick else [])
+        if subprocess.run(command).returncode:
+            raise SystemExit(f"benchmark {name} failed")
+        print(f"=== {name} took {time.monotonic() - started:.0f} s", flush=True)
+    print("\n" + table(summary()))
+
+
+if __name__ == "__main__":
+    main()

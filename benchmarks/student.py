@@ -1,0 +1,118 @@
+"""Student benchmarks: inference latency against point count (with the fitted scaling exponent), and
+training throughput and peak memory per preset. CPU always; CUDA (fp32 and fp16) when present.
+
+Scans are synthetic-world sweeps tiled to the wanted point count (real LiDAR-like density).
+    python benchmarks/student.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import timed, write  # noqa: E402
+
+from clip2scene_core.data import open_source  # noqa: E402
+from clip2scene_core.student.network import Student, StudentConfig, make_batch  # noqa: E402
+from clip2scene_core.teacher import build_teacher  # noqa: E402
+from clip2scene_core.train import Pretrainer, TrainConfig  # noqa: E402
+from clip2scene_core.vocabulary import load_vocabulary  # noqa: E402
+
+
+def scan_of(points: int, base: np.ndarray) -> np.ndarray:
+    """A scan of `points` points: the base sweep, repeated and shifted to new ground if needed."""
+    copies = [base + np.array([150.0 * k, 0.0, 0.0]) for k in range(int(np.ceil(points / len(base))))]
+    return np.concatenate(copies)[:points].astype(np.float32)
+
+
+def inference_rows(counts: list[int], preset: str, repeats: int) -> list[dict]:
+    base = open_source("synthetic:frames=1,seed=0,cameras=1,width=64,height=48")[0].points
+    rows = []
+    devices = [("cpu", torch.float32)]
+    if torch.cuda.is_available():
+        devices += [("cuda", torch.float32), ("cuda", torch.float16)]
+    for device, dtype in devices:
+        network = Student(StudentConfig(preset=preset)).to(device).eval()
+        for count in counts:
+            points = scan_of(count, base)
+
+            def step():
+                with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype == torch.float16):
+                    batch = make_batch([(points, None)], network.config.voxel_size_m).to(device)
+                    network(batch)
+
+            result = timed(step, repeats=repeats, synchronize=device == "cuda")
+            rows.append({"device": device, "precision": "fp16" if dtype == torch.float16 else "fp32",
+                         "preset": preset, "points": count, "p50_ms": result["p50_ms"], "p95_ms": result["p95_ms"]})
+    return rows
+
+
+def scaling_exponent(rows: list[dict], device: str, precision: str) -> float:
+    """Slope of log(latency) against log(points): 1.0 is linear."""
+    chosen = [r for r in rows if r["device"] == device and r["precision"] == precision]
+    return float(np.polyfit(np.log([r["points"] for r in chosen]), np.log([r["p50_ms"] for r in chosen]), 1)[0])
+
+
+def training_rows(presets: list[str], steps: int) -> list[dict]:
+    """Scans per second and peak memory per preset, each measured in a fresh process so that the peak
+    resident memory (CPU) or allocator peak (CUDA) is that preset's own."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        return [pool.apply(training_row, (preset, steps)) for preset in presets]
+
+
+def training_row(preset: str, steps: int) -> dict:
+    vocabulary = load_vocabulary("nuscenes")
+    frames = list(open_source("synthetic:frames=4,seed=0,cameras=6,width=200,height=112,sweeps=2"))
+    teacher = build_teacher("noisy:0.3", vocabulary, text_encoder="hash")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    config = TrainConfig(epochs=1, batch_size=2, sweeps=3, max_points=0, optimizer="adamw", lr=1e-3)
+    trainer = Pretrainer([frames], teacher, StudentConfig(preset=preset), config, Path("build/bench_train"), device,
+                         progress=False)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def step(positions):
+        loss = trainer._losses(trainer._samples(0, positions), 0, positions)["loss"]
+        trainer.optimizer.zero_grad()
+        loss.backward()
+        trainer.optimizer.step()
+
+    step([0, 1])  # warm-up
+    seconds = [timed(lambda: step([(2 * k) % 4, (2 * k + 1) % 4]), repeats=1, warmup=0,
+                     synchronize=device.type == "cuda")["p50_ms"] / 1e3 for k in range(steps)]
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"device": device.type, "preset": preset, "points_per_scan": int(np.mean([len(f) for f in frames])),
+            "sweeps": 3, "scans_per_s": 2 / float(np.median(seconds)), "peak_memory_mb": peak,
+            "parameters_m": sum(p.numel() for p in trainer.student.parameters()) / 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, small preset only")
+    args = parser.parse_args()
+    counts = [5_000, 35_000, 120_000, 250_000]
+    inference = inference_rows(counts, "small", repeats=2 if args.quick else 5)
+    if not args.quick:
+        inference += inference_rows(counts, "paper", repeats=3)
+    exponents = {f"{r['device']}/{r['precision']}/{r['preset']}": None for r in inference}
+    for key in exponents:
+        device, precision, preset = key.split("/")
+        rows = [r for r in inference if r["preset"] == preset]
+        exponents[key] = scaling_exponent(rows, device, precision)
+    write("student_inference", inference, {"scaling_exponent": exponents,
+                                           "note": "" if torch.cuda.is_available() else "CUDA not available"})
+    write("training", training_rows(["small"] if args.quick else ["small", "paper"], steps=2 if args.quick else 4),
+          {"note": "noisy teacher, 6 cameras, batch 2, 3 sweeps per sample, AdamW"})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The `clip2scene` command end to end on the synthetic world and on a bag."""
+
+import json
+
+import numpy as np
+import pytest
+
+from clip2scene_core.cli import main
+from clip2scene_core.data import open_source
+from clip2scene_core.data.rosbag2 import write_bag
+
+SCENE = "synthetic:frames=3,seed=6,cameras=2,width=96,height=64"
+
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory):
+    return write_bag(open_source(SCENE), tmp_path_factory.mktemp("bag") / "bag")
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("teacher: {text_encoder: hash}\nstudent: {preset: tiny}\n"
+                    "train: {optimizer: adamw, lr: 0.001, max_points: 2000, batch_size: 1, sweeps: 2}\n"
+                    "finetune: {epochs: 1, batch_size: 1}\n")
+    return path
+
+
+def test_inspect_synthetic_and_bag(tmp_path, bag, capsys, artifacts):
+    assert main(["inspect", SCENE, "--json", "--render", str(tmp_path / "frame.png"), "--color-by", "label"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["frames"] == 3 and summary["kind"] == "synthetic" and len(summary["cameras"]) == 2
+    assert summary["points_min"] > 10_000 and set(summary["fields"]) == {"intensity", "ring", "time"}
+    assert all(0.05 < c["points_in_view"] < 0.5 for c in summary["cameras"])
+    assert any("car" in key for key in summary["labels"]) and (tmp_path / "frame.png").stat().st_size > 1000
+    assert main(["inspect", f"bag:{bag}", "--render", str(artifacts / "inspect_bag.png")]) == 0
+    table = capsys.readouterr().out
+    assert "frames     3 (3 inspected)" in table and "cam_front" in table
+
+
+def test_export_formats_and_calibration(tmp_path, capsys):
+    assert main(["export", SCENE, str(tmp_path / "lite"), "--storage", "sqlite3", "--quiet"]) == 0
+    assert len(open_source(f"bag:{tmp_path / 'lite'}")) == 3
+    assert main(["calibration", SCENE, "--out", str(tmp_path / "calibration.yaml")]) == 0
+    assert "cam_front_right" in (tmp_path / "calibration.yaml").read_text()
+    assert main(["inspect", "lidar:/nowhere"]) == 2
+    assert "unknown source kind 'lidar'" in capsys.readouterr().err
+
+
+def test_a_calibration_that_puts_no_point_in_an_image_is_named(tmp_path, capsys):
+    frames = list(open_source(SCENE))
+    for frame in frames:
+        frame.cameras[1].lidar_to_camera[2, 3] -= 1000.0  # millimetres read as metres: everything behind it
+    write_bag(frames, tmp_path / "bag")
+    assert main(["inspect", f"bag:{tmp_path / 'bag'}"]) == 2
+    error = capsys.readouterr().err
+    assert "camera 'cam_front_right' sees no LiDAR point" in error and "calibration is wrong" in error
+
+
+def test_segment_and_evaluate_in_teacher_mode(tmp_path, bag, config, capsys):
+    assert main(["segment", "--mode", "teacher", "--teacher", "labels", "--data", SCENE, "--vocabulary", "nuscenes",
+                 "--config", str(config), "--out", str(tmp_path / "seg")]) == 0
+    stored = np.load(tmp_path / "seg" / "frames" / "000000.npz")
+    frame = open_source(SCENE)[0]
+    assert len(stored["labels"]) == len(frame) and stored["seen"].any() and (stored["labels"][~stored["seen"]] == -1).all()
+    assert (tmp_path / "seg" / "pictures" / "000002.png").is_file()
+    assert main(["evaluate", "--mode", "teacher", "--teacher", "labels", "--data", f"bag:{bag}", "--vocabulary",
+                 "nuscenes", "--config", str(config), "--out", str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert report["in_view"]["miou"] > 0.7 > report["all_points"]["coverage"]
+    for picture in ("confusion_all.png", "confusion_in_view.png", "iou.png", "frame.png"):
+        assert (tmp_path / "eval" / picture).is_file()
+
+
+@pytest.mark.slow
+def test_pretrain_evaluate_finetune_on_a_bag(tmp_path, bag, config, capsys):
+    out = tmp_path / "pretrain"
+    assert main(["pretrain", "--data", f"bag:{bag}", "--teacher", "noisy:0.2", "--vocabulary", "nuscenes",
+                 "--config", str(config), "--epochs", "1", "--out", str(out)]) == 0
+    assert (out / "checkpoints" / "epoch_001.pt").is_file() and (out / "losses.png").is_file()
+    assert "semantic" in (out / "log.csv").read_text()
+    checkpoint = out / "checkpoints" / "last.pt"
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", f"bag:{bag}", "--out",
+                 str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert report["all_points"]["coverage"] == 1.0  # the student labels every point, seen or not
+    assert main(["finetune", "--checkpoint", str(checkpoint), "--data", f"bag:{bag}", "--labels-fraction", "0.5",
+                 "--val", f"bag:{bag}", "--config", str(config), "--out", str(tmp_path / "tune")]) == 0
+    from clip2scene_core.student.checkpoint import load_student
+    model, payload = load_student(tmp_path / "tune" / "finetuned.pt")
+    assert payload["finetune"]["labelled_scans"] == [0, 2] and model.classifier is not None
+    assert (tmp_path / "tune" / "evaluation.json").is_file()

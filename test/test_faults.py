@@ -1,0 +1,279 @@
+"""The fault and bad-input suite: what the field feeds the node and the CLI. Each case expects a clear
+error or a skipped message, a live process, and nothing lost (good input after bad is still served).
+The README's table "Faults and bad input" lists these cases and their outcomes."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from clip2scene_core import messages as conv
+from clip2scene_core.calibration import frame_transforms, save_calibration
+from clip2scene_core.data import open_source
+from clip2scene_core.student.network import StudentConfig
+from clip2scene_core.teacher import build_teacher
+from clip2scene_core.train import Pretrainer, TrainConfig
+from clip2scene_core.vocabulary import load_vocabulary
+from ros_helpers import ROOT, node_process, spin_until
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+SOURCE = "synthetic:frames=2,seed=9,cameras=2,width=96,height=64"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("faults")
+    vocabulary = load_vocabulary("nuscenes")
+    frames = list(open_source(SOURCE))
+    Pretrainer([frames], build_teacher("noisy:0.0", vocabulary, text_encoder="hash"), StudentConfig(preset="tiny"),
+               TrainConfig(epochs=1, batch_size=1, sweeps=1, max_points=2000), folder / "student",
+               torch.device("cpu"), progress=False).run()
+    save_calibration(folder / "calibration.yaml", frame_transforms(frames[0]))
+    return folder, frames
+
+
+class Harness:
+    """Publishes clouds and images to the node and waits, bounded, for its answer or its diagnostics."""
+
+    def __init__(self, node, frame, process):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+
+        from clip2scene_ros.msg import SegmentationInfo
+
+        self.node, self.frame, self.process = node, frame, process
+        self.infos, self.counters = [], {}
+        node.create_subscription(SegmentationInfo, "segmentation/info", self.infos.append, 50)
+        node.create_subscription(DiagnosticArray, "/diagnostics", self.on_diagnostics, 50)
+        self.cloud = node.create_publisher(PointCloud2, "/lidar/points", 10)
+        self.raw = node.create_publisher(Image, "/cam_front/image_raw", 10)
+        self.compressed = node.create_publisher(CompressedImage, "/cam_front_right/image_raw/compressed", 10)
+        self.info_front = node.create_publisher(CameraInfo, "/cam_front/camera_info", 10)
+        self.info_right = node.create_publisher(CameraInfo, "/cam_front_right/camera_info", 10)
+        self.stamp = 10**18
+
+    def on_diagnostics(self, message) -> None:
+        for status in message.status:
+            if status.name.startswith("clip2scene_segmenter"):
+                self.counters = {kv.key: kv.value for kv in status.values}
+
+    def counter(self, key: str) -> int:
+        return int(self.counters.get(key, 0))
+
+    def ready(self) -> None:
+        spin_until(self.node, lambda: self.cloud.get_subscription_count() > 0 and self.raw.get_subscription_count() > 0
+                   and self.node.count_publishers("segmentation/info") > 0 and bool(self.counters), 60,
+                   "the segmentation node", [self.process])
+
+    def camera_info(self, camera, K=None):
+        from clip2scene_ros import conversions
+        header = conversions.header(self.stamp, camera.optical_frame)
+        info = conversions.camera_info_msg(camera, header)
+        if K is not None:
+            info.k = K
+        return info
+
+    def cloud_message(self, points=None, **changes):
+        from clip2scene_ros import conversions
+        points = self.frame.points if points is None else points
+        message = conversions.cloud_msg(conv.encode_cloud(points), conversions.header(self.stamp, "lidar"))
+        for key, value in changes.items():
+            setattr(message, key, value)
+        return message
+
+    def send(self, cloud, images=(), expect: str = "segmented", infos=True) -> None:
+        """Publish a cloud (and images with its stamp); expect 'segmented' (an info with this stamp comes
+        back) or a counter name that must grow (e.g. 'skipped_clouds')."""
+        before = self.counter(expect) if expect != "segmented" else None
+        if infos:
+            self.info_front.publish(self.camera_info(self.frame.cameras[0]))
+            self.info_right.publish(self.camera_info(self.frame.cameras[1]))
+        self.cloud.publish(cloud)
+        for publisher, image in images:
+            publisher.publish(image)
+        stamp = self.stamp
+        self.stamp += 1_000_000_000
+        if expect == "segmented":
+            spin_until(self.node, lambda: any(conv.stamp_to_ns(i.header.stamp) == stamp for i in self.infos), 60,
+                       f"the segmentation of the sweep at {stamp}", [self.process])
+        else:
+            spin_until(self.node, lambda: self.counter(expect) > before, 30, f"{expect} to count it", [self.process])
+        assert self.process.poll() is None
+
+    def image(self, encoding: str, camera_index: int = 0, array=None):
+        from sensor_msgs.msg import Image
+
+        from clip2scene_ros import conversions
+        camera = self.frame.cameras[camera_index]
+        rgb = camera.image if array is None else array
+        height, width = rgb.shape[:2]
+        if encoding == "rgb8":
+            data, step = rgb, width * 3
+        elif encoding == "bgr8":
+            data, step = rgb[:, :, ::-1], width * 3
+        elif encoding == "mono8":
+            data, step = rgb[:, :, 0], width
+        elif encoding == "mono16":
+            data, step = (rgb[:, :, 0].astype(np.uint16) * 257).astype("<u2"), width * 2
+        elif encoding == "bayer_rggb8":
+            data, step = rgb[:, :, 1], width
+        else:
+            data, step = rgb, width * 3
+        return Image(header=conversions.header(self.stamp, camera.optical_frame), height=height, width=width,
+                     encoding=encoding, is_bigendian=0, step=step, data=np.ascontiguousarray(data).tobytes())
+
+    def compressed_image(self, fmt: str, data=None):
+        import io
+
+        from PIL import Image as PILImage
+        from sensor_msgs.msg import CompressedImage
+
+        from clip2scene_ros import conversions
+        camera = self.frame.cameras[1]
+        if data is None:
+            buffer = io.BytesIO()
+            PILImage.fromarray(camera.image).save(buffer, format=fmt.upper())
+            data = buffer.getvalue()
+        return CompressedImage(header=conversions.header(self.stamp, camera.optical_frame), format=fmt, data=data)
+
+
+def start_segmenter(folder, log, **extra):
+    parameters = {"mode": "student", "checkpoint": str(folder / "student" / "checkpoints" / "last.pt"),
+                  "calibration_file": str(folder / "calibration.yaml"), "qos_reliability": "reliable",
+                  "camera_topics": "[/cam_front/image_raw,/cam_front_right/image_raw/compressed]",
+                  "sync_timeout_ms": 300.0, **extra}
+    return node_process("clip2scene_ros.segment_node", "config/segment_node.yaml", parameters, log)
+
+
+def test_clouds_images_and_time_the_field_sends(ros_node, world, tmp_path):
+    folder, frames = world
+    frame = frames[0]
+    with start_segmenter(folder, tmp_path / "segmenter.log") as process:
+        h = Harness(ros_node, frame, process)
+        h.ready()
+        # Clouds.
+        no_xyz = h.cloud_message()
+        no_xyz.fields = [f for f in no_xyz.fields if f.name not in ("y", "z")]
+        h.send(no_xyz, expect="skipped_clouds")
+        h.send(h.cloud_message(point_step=8), expect="skipped_clouds")
+        h.send(h.cloud_message(row_step=5), expect="skipped_clouds")
+        truncated = h.cloud_message()
+        truncated.data = bytes(truncated.data)[:-9]
+        h.send(truncated, expect="skipped_clouds")
+        big_endian = h.cloud_message()
+        big_endian.is_bigendian = True
+        big_endian.data = np.frombuffer(bytes(big_endian.data), "<f4").astype(">f4").tobytes()  # x, y, z swapped
+        h.send(big_endian)
+        bad_values = frame.points.copy()
+        bad_values[:100] = np.nan
+        bad_values[100:200] = np.inf
+        h.send(h.cloud_message(bad_values))
+        h.send(h.cloud_message(np.zeros((0, 3), np.float32)))
+        h.send(h.cloud_message(np.concatenate([frame.points] * 3)))          # every point duplicated
+        rng = np.random.default_rng(0)
+        huge = (rng.normal(size=(2_000_000, 3)) * [30, 30, 2]).astype(np.float32)
+        h.send(h.cloud_message(huge))                                         # two million points
+        # Images: every common encoding arrives and is used; bad ones skip their camera, not the sweep.
+        for encoding in ("rgb8", "bgr8", "mono8", "mono16", "bayer_rggb8"):
+            h.send(h.cloud_message(), [(h.raw, h.image(encoding)), (h.compressed, h.compressed_image("jpeg"))])
+        h.send(h.cloud_message(), [(h.raw, h.image("rgb8")), (h.compressed, h.compressed_image("png"))])
+        skipped = h.counter("skipped_images")
+        h.send(h.cloud_message(), [(h.raw, h.image("rgb8")),
+                                   (h.compressed, h.compressed_image("jpeg", data=b"\xff\xd8\xff\xe0garbage"))])
+        spin_until(ros_node, lambda: h.counter("skipped_images") > skipped, 30, "the corrupt jpeg to be counted")
+        skipped = h.counter("skipped_images")
+        wrong_size = h.image("rgb8", array=np.zeros((32, 48, 3), np.uint8))
+        h.send(h.cloud_message(), [(h.raw, wrong_size), (h.compressed, h.compressed_image("jpeg"))])
+        spin_until(ros_node, lambda: h.counter("skipped_images") > skipped, 30, "the wrong-size image to be counted")
+        h.send(h.cloud_message(), [(h.raw, h.image("yuv422")), (h.compressed, h.compressed_image("jpeg"))])
+        rejected = h.counter("rejected_camera_infos")
+        h.info_front.publish(h.camera_info(frame.cameras[0], K=[0.0] * 9))
+        spin_until(ros_node, lambda: h.counter("rejected_camera_infos") > rejected, 30, "the zero K to be rejected")
+        # Time: a camera far out of sync (the sweep goes without it after the timeout) and time going backwards.
+        late = h.compressed_image("jpeg")
+        late.header.stamp.sec -= 5
+        h.send(h.cloud_message(), [(h.raw, h.image("rgb8")), (h.compressed, late)])
+        h.stamp -= 100 * 10**9  # a bag looping back
+        h.send(h.cloud_message(), [(h.raw, h.image("rgb8")), (h.compressed, h.compressed_image("jpeg"))])
+        assert process.poll() is None
+    log = (tmp_path / "segmenter.log").read_text()
+    for text in ("no y/z field", "beyond point_step", "row_step", "truncated", "cannot decode compressed image",
+                 "camera_info says", "unsupported image encoding 'yuv422'", "no valid focal length"):
+        assert text in log, text
+
+
+def test_use_sim_time_with_a_clock(ros_node, world, tmp_path):
+    from rosgraph_msgs.msg import Clock
+
+    from clip2scene_ros import conversions
+    folder, frames = world
+    clock = ros_node.create_publisher(Clock, "/clock", 10)
+    with start_segmenter(folder, tmp_path / "segmenter.log", use_sim_time="true", camera_topics="[]") as process:
+        h = Harness(ros_node, frames[0], process)
+        spin_until(ros_node, lambda: h.cloud.get_subscription_count() > 0
+                   and ros_node.count_publishers("segmentation/info") > 0, 60, "the node", [process])
+        h.stamp = 42 * 10**9
+        for _ in range(3):
+            clock.publish(Clock(clock=conversions.header(h.stamp, "").stamp))
+            h.send(h.cloud_message(), infos=False)
+    info = h.infos[-1]
+    assert conv.stamp_to_ns(info.header.stamp) == 44 * 10**9 and 0 <= info.total_latency_ms < 60_000
+
+
+def test_cli_refuses_bad_configs_and_checkpoints_with_clear_errors(world, tmp_path):
+    folder, _ = world
+    env = dict(os.environ)
+
+    def cli(*arguments):
+        return subprocess.run([sys.executable, "-m", "clip2scene_core.cli", *arguments], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    data = ["--data", "synthetic:frames=1,cameras=1,width=64,height=48"]
+    (tmp_path / "bad.yaml").write_text("train: {lr: fast}\n")
+    result = cli("pretrain", *data, "--out", str(tmp_path / "x"), "--config", str(tmp_path / "bad.yaml"))
+    assert result.returncode == 2 and "train.lr: expected float" in result.stderr
+    (tmp_path / "dup.yaml").write_text("name: v\nclasses: [{name: car, ids: [1]}, {name: car, ids: [2]}]\n")
+    result = cli("evaluate", "--mode", "teacher", "--teacher", "labels", *data, "--vocabulary",
+                 str(tmp_path / "dup.yaml"))
+    assert result.returncode == 2 and "class name 'car' appears twice" in result.stderr
+    (tmp_path / "empty.yaml").write_text("name: v\nclasses: []\n")
+    result = cli("evaluate", "--mode", "teacher", "--teacher", "labels", *data, "--vocabulary",
+                 str(tmp_path / "empty.yaml"))
+    assert result.returncode == 2 and "'classes' is empty" in result.stderr
+    checkpoint = folder / "student" / "checkpoints" / "last.pt"
+    (tmp_path / "truncated.pt").write_bytes(checkpoint.read_bytes()[:4096])
+    result = cli("evaluate", "--checkpoint", str(tmp_path / "truncated.pt"), *data)
+    assert result.returncode == 2 and "cannot be read safely" in result.stderr
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with open(tmp_path / "evil.pt", "wb") as file:
+        pickle.dump({"format": "clip2scene-student-1", "payload": Exploit()}, file)
+    result = cli("evaluate", "--checkpoint", str(tmp_path / "evil.pt"), *data)
+    assert result.returncode == 2 and "cannot be read safely" in result.stderr and not marker.exists()
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["architecture"]["channels"] = [c * 2 for c in payload["architecture"]["channels"]]
+    torch.save(payload, tmp_path / "other.pt")
+    result = cli("evaluate", "--checkpoint", str(tmp_path / "other.pt"), *data)
+    assert result.returncode == 2 and "does not fit this student architecture" in result.stderr
+
+
+@pytest.mark.timeout(1800)
+def test_soak_memory_stays_flat(tmp_path):
+    """The segmentation node fed 10,000 clouds at 20 Hz (about 8 minutes); the slope is reported."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--messages", "10000",
+                             "--rate", "20", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=1500)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    row = json.loads((tmp_path / "soak.json").read_text())["rows"][0]
+    print(f"soak: RSS {row['rss_start_mb']:.0f} -> {row['rss_end_mb']:.0f} MB, slope "
+          f"{row['slope_mb_per_1000']:.3f} MB per 1000 messages, {row['segmented']} segmented")
+    assert row["segmented"] > 0 and abs(row["slope_mb_per_1000"]) < 1.0
