@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write  # noqa: E402
 
-from clip2scene_core.data import open_source  # noqa: E402
+from clip2scene_core.data import FrameList, open_source  # noqa: E402
 from clip2scene_core.evaluate import evaluate_source  # noqa: E402
 from clip2scene_core.segmenter import Segmenter  # noqa: E402
 from clip2scene_core.student.checkpoint import StudentModel  # noqa: E402
@@ -37,24 +37,6 @@ ROWS = [
     ("+ spatial-temporal, 3 sweeps", dict(sweeps=3, spatial_temporal=True, self_training=False)),
     ("+ self-training", dict(sweeps=3, spatial_temporal=True, self_training=True)),
 ]
-
-
-class Frames:
-    """Frames rendered once and kept in memory (rendering is the slow part of the synthetic world)."""
-
-    kind, label_names = "frames", {}
-
-    def __init__(self, frames):
-        self.frames = frames
-
-    def __len__(self):
-        return len(self.frames)
-
-    def __getitem__(self, index):
-        return self.frames[index]
-
-    def __iter__(self):
-        return iter(self.frames)
 
 
 def drive(seed: int, frames: int, sweeps: int, size: str) -> list:
@@ -82,8 +64,8 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     size = "width=200,height=112"
     started = time.perf_counter()
-    train = Frames([f for seed in range(args.train_drives) for f in drive(seed, args.frames, 2, size)])
-    test = Frames([f for seed in range(100, 100 + args.test_drives) for f in drive(seed, args.frames // 2, 0, size)])
+    train = FrameList([f for seed in range(args.train_drives) for f in drive(seed, args.frames, 2, size)])
+    test = FrameList([f for seed in range(100, 100 + args.test_drives) for f in drive(seed, args.frames // 2, 0, size)])
     print(f"rendered {len(train)} training and {len(test)} held-out frames in {time.perf_counter() - started:.0f} s")
     vocabulary = load_vocabulary("nuscenes")
     teacher = build_teacher(f"noisy:{args.noise}", vocabulary, text_encoder="hash")

@@ -19,22 +19,32 @@ import time
 from collections import deque
 from pathlib import Path
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from clip2scene_core import messages as conv
 from clip2scene_core.calibration import load_calibration
-from clip2scene_core.data.rosbag2 import (CAMERA_INFO, COMPRESSED_IMAGE, IMAGE, POINTCLOUD2, TF_MESSAGE, TYPESTORE,
-                                          BagWriter, camera_name, camera_namespace, header_of, transform_stamped)
+from clip2scene_core.data.rosbag2 import (
+    CAMERA_INFO,
+    COMPRESSED_IMAGE,
+    IMAGE,
+    POINTCLOUD2,
+    TF_MESSAGE,
+    TYPESTORE,
+    BagWriter,
+    camera_name,
+    camera_namespace,
+    header_of,
+    transform_stamped,
+)
 from clip2scene_core.sync import Synchronizer
 
 from . import conversions
 from .params import Param, declare_all
+from .runner import run
 
 
 class StopRecording(Exception):
@@ -254,23 +264,7 @@ class RecordNode(Node):
 def main(args=None) -> None:
     # Past a file-size limit, writes must fail (and be handled) rather than the process being killed.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    rclpy.init(args=args)
-    node, code = None, 0
-    try:
-        node = RecordNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except SystemExit as stop:
-        code = stop.code or 0
-    finally:
-        if node is not None:
-            node.close()  # SIGINT/SIGTERM end spin after the callback in progress: the part closes whole
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    if code:
-        raise SystemExit(code)
+    raise SystemExit(run(RecordNode, args))
 
 
 if __name__ == "__main__":

@@ -15,10 +15,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
@@ -28,15 +26,16 @@ from clip2scene_core import messages as conv
 from clip2scene_core.calibration import load_calibration
 from clip2scene_core.config import load_config
 from clip2scene_core.data.rosbag2 import camera_name, camera_namespace
+from clip2scene_core.geometry import project
 from clip2scene_core.live import LivePipeline, LiveResult
 from clip2scene_core.render import draw_points, palette_colors
-from clip2scene_core.geometry import project
 from clip2scene_core.segmenter import MODES, Segmenter, resolve_device
 from clip2scene_core.vocabulary import IGNORE, Vocabulary, VocabularyError, load_vocabulary
 
 from . import conversions
 from .msg import SegmentationInfo
 from .params import Param, declare_all
+from .runner import run
 
 UNLABELLED = 65535
 
@@ -284,18 +283,7 @@ class SegmentNode(Node):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SegmentNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    raise SystemExit(run(SegmentNode, args))
 
 
 if __name__ == "__main__":

@@ -10,11 +10,9 @@ Run: python -m clip2scene_ros.sensor_publisher_node --ros-args -p source:=synthe
 
 from __future__ import annotations
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
-from rclpy.node import Node
 from geometry_msgs.msg import Point, Pose, PoseWithCovariance, Quaternion
 from nav_msgs.msg import Odometry
+from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
@@ -24,7 +22,7 @@ from clip2scene_core.data.rosbag2 import BagLayout, camera_namespace
 
 from . import conversions
 from .params import Param, declare_all
-
+from .runner import run
 
 PARAMETERS = [
     Param("source", "synthetic:frames=40,seed=0,cameras=6", "data source string to play", read_only=True),
@@ -51,7 +49,7 @@ class SensorPublisher(Node):
         self.source_text, self.loop, self.restamp = v.source, v.loop, v.restamp
         self.publish_labels, self.exit_when_done = v.publish_labels, v.exit_when_done
         self.wait_for_subscribers = v.wait_for_subscribers
-        qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT if v.reliability == "best_effort"
+        qos = QoSProfile(depth=20, reliability=ReliabilityPolicy.BEST_EFFORT if v.reliability == "best_effort"
                          else ReliabilityPolicy.RELIABLE)
         lidar_topic, odometry_topic, compressed, rate = v.lidar_topic, v.odometry_topic, v.compressed, v.rate_hz
 
@@ -112,18 +110,7 @@ class SensorPublisher(Node):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SensorPublisher()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException, SystemExit):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    raise SystemExit(run(SensorPublisher, args))
 
 
 if __name__ == "__main__":

@@ -43,3 +43,23 @@ def ros_node():
     yield node
     node.destroy_node()
     rclpy.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_student(tmp_path_factory) -> Path:
+    """A tiny student checkpoint trained one epoch on two synthetic frames: enough to run nodes, not to be accurate."""
+    import torch
+
+    from clip2scene_core.data import FrameList, open_source
+    from clip2scene_core.student.network import StudentConfig
+    from clip2scene_core.teacher import build_teacher
+    from clip2scene_core.train import Pretrainer, TrainConfig
+    from clip2scene_core.vocabulary import load_vocabulary
+
+    out = tmp_path_factory.mktemp("tiny_student")
+    vocabulary = load_vocabulary("nuscenes")
+    frames = FrameList(open_source("synthetic:frames=2,seed=1,cameras=2,width=96,height=64"))
+    Pretrainer([frames], build_teacher("noisy:0.0", vocabulary, text_encoder="hash"), StudentConfig(preset="tiny"),
+               TrainConfig(epochs=1, batch_size=1, sweeps=1, max_points=2000, optimizer="adamw", lr=1e-3), out,
+               torch.device("cpu"), extra={"vocabulary": vocabulary.to_dict()}, progress=False).run()
+    return out / "checkpoints" / "last.pt"

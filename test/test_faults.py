@@ -15,10 +15,6 @@ import torch
 from clip2scene_core import messages as conv
 from clip2scene_core.calibration import frame_transforms, save_calibration
 from clip2scene_core.data import open_source
-from clip2scene_core.student.network import StudentConfig
-from clip2scene_core.teacher import build_teacher
-from clip2scene_core.train import Pretrainer, TrainConfig
-from clip2scene_core.vocabulary import load_vocabulary
 from ros_helpers import ROOT, node_process, spin_until
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -26,15 +22,12 @@ SOURCE = "synthetic:frames=2,seed=9,cameras=2,width=96,height=64"
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, tiny_student):
+    """(folder with calibration.yaml, the checkpoint, frames)."""
     folder = tmp_path_factory.mktemp("faults")
-    vocabulary = load_vocabulary("nuscenes")
     frames = list(open_source(SOURCE))
-    Pretrainer([frames], build_teacher("noisy:0.0", vocabulary, text_encoder="hash"), StudentConfig(preset="tiny"),
-               TrainConfig(epochs=1, batch_size=1, sweeps=1, max_points=2000), folder / "student",
-               torch.device("cpu"), progress=False).run()
     save_calibration(folder / "calibration.yaml", frame_transforms(frames[0]))
-    return folder, frames
+    return folder, tiny_student, frames
 
 
 class Harness:
@@ -86,7 +79,7 @@ class Harness:
             setattr(message, key, value)
         return message
 
-    def send(self, cloud, images=(), expect: str = "segmented", infos=True) -> None:
+    def send(self, cloud, images=(), expect: str = "segmented", infos=True, timeout: float = 60) -> None:
         """Publish a cloud (and images with its stamp); expect 'segmented' (an info with this stamp comes
         back) or a counter name that must grow (e.g. 'skipped_clouds')."""
         before = self.counter(expect) if expect != "segmented" else None
@@ -99,7 +92,7 @@ class Harness:
         stamp = self.stamp
         self.stamp += 1_000_000_000
         if expect == "segmented":
-            spin_until(self.node, lambda: any(conv.stamp_to_ns(i.header.stamp) == stamp for i in self.infos), 60,
+            spin_until(self.node, lambda: any(conv.stamp_to_ns(i.header.stamp) == stamp for i in self.infos), timeout,
                        f"the segmentation of the sweep at {stamp}", [self.process])
         else:
             spin_until(self.node, lambda: self.counter(expect) > before, 30, f"{expect} to count it", [self.process])
@@ -142,8 +135,9 @@ class Harness:
         return CompressedImage(header=conversions.header(self.stamp, camera.optical_frame), format=fmt, data=data)
 
 
-def start_segmenter(folder, log, **extra):
-    parameters = {"mode": "student", "checkpoint": str(folder / "student" / "checkpoints" / "last.pt"),
+def start_segmenter(world, log, **extra):
+    folder, checkpoint, _ = world
+    parameters = {"mode": "student", "checkpoint": str(checkpoint),
                   "calibration_file": str(folder / "calibration.yaml"), "qos_reliability": "reliable",
                   "camera_topics": "[/cam_front/image_raw,/cam_front_right/image_raw/compressed]",
                   "sync_timeout_ms": 300.0, **extra}
@@ -151,9 +145,8 @@ def start_segmenter(folder, log, **extra):
 
 
 def test_clouds_images_and_time_the_field_sends(ros_node, world, tmp_path):
-    folder, frames = world
-    frame = frames[0]
-    with start_segmenter(folder, tmp_path / "segmenter.log") as process:
+    frame = world[2][0]
+    with start_segmenter(world, tmp_path / "segmenter.log") as process:
         h = Harness(ros_node, frame, process)
         h.ready()
         # Clouds.
@@ -175,9 +168,9 @@ def test_clouds_images_and_time_the_field_sends(ros_node, world, tmp_path):
         h.send(h.cloud_message(bad_values))
         h.send(h.cloud_message(np.zeros((0, 3), np.float32)))
         h.send(h.cloud_message(np.concatenate([frame.points] * 3)))          # every point duplicated
-        rng = np.random.default_rng(0)
-        huge = (rng.normal(size=(2_000_000, 3)) * [30, 30, 2]).astype(np.float32)
-        h.send(h.cloud_message(huge))                                         # two million points
+        rng = np.random.default_rng(0)  # two million points, dense as a merged high-resolution scan (24 MB)
+        huge = rng.uniform([-15, -15, -2], [15, 15, 0], size=(2_000_000, 3)).astype(np.float32)
+        h.send(h.cloud_message(huge), timeout=180)
         # Images: every common encoding arrives and is used; bad ones skip their camera, not the sweep.
         for encoding in ("rgb8", "bgr8", "mono8", "mono16", "bayer_rggb8"):
             h.send(h.cloud_message(), [(h.raw, h.image(encoding)), (h.compressed, h.compressed_image("jpeg"))])
@@ -211,10 +204,9 @@ def test_use_sim_time_with_a_clock(ros_node, world, tmp_path):
     from rosgraph_msgs.msg import Clock
 
     from clip2scene_ros import conversions
-    folder, frames = world
     clock = ros_node.create_publisher(Clock, "/clock", 10)
-    with start_segmenter(folder, tmp_path / "segmenter.log", use_sim_time="true", camera_topics="[]") as process:
-        h = Harness(ros_node, frames[0], process)
+    with start_segmenter(world, tmp_path / "segmenter.log", use_sim_time="true", camera_topics="[]") as process:
+        h = Harness(ros_node, world[2][0], process)
         spin_until(ros_node, lambda: h.cloud.get_subscription_count() > 0
                    and ros_node.count_publishers("segmentation/info") > 0, 60, "the node", [process])
         h.stamp = 42 * 10**9
@@ -226,7 +218,7 @@ def test_use_sim_time_with_a_clock(ros_node, world, tmp_path):
 
 
 def test_cli_refuses_bad_configs_and_checkpoints_with_clear_errors(world, tmp_path):
-    folder, _ = world
+    checkpoint = world[1]
     env = dict(os.environ)
 
     def cli(*arguments):
@@ -245,7 +237,6 @@ def test_cli_refuses_bad_configs_and_checkpoints_with_clear_errors(world, tmp_pa
     result = cli("evaluate", "--mode", "teacher", "--teacher", "labels", *data, "--vocabulary",
                  str(tmp_path / "empty.yaml"))
     assert result.returncode == 2 and "'classes' is empty" in result.stderr
-    checkpoint = folder / "student" / "checkpoints" / "last.pt"
     (tmp_path / "truncated.pt").write_bytes(checkpoint.read_bytes()[:4096])
     result = cli("evaluate", "--checkpoint", str(tmp_path / "truncated.pt"), *data)
     assert result.returncode == 2 and "cannot be read safely" in result.stderr

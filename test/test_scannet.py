@@ -251,7 +251,7 @@ def test_errors_name_the_input_and_the_fix(mmdet3d_tree, tmp_path):
     mask = root / "semantic_mask" / "scene0011_00.bin"
     mask.unlink()
     np.zeros(99, np.int64).tofile(mask)
-    with pytest.raises(SourceError, match=r"scene0011_00\.bin hold 99 values but points .*scene0011_00\.bin have 100"):
+    with pytest.raises(SourceError, match=r"scene0011_00\.bin holds 99 labels but .*scene0011_00\.bin has 100 points"):
         ScanNet(str(root), scenes=["scene0011_00"])[0]
 
 

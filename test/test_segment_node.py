@@ -4,15 +4,10 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from clip2scene_core import messages as conv
 from clip2scene_core.calibration import frame_transforms, save_calibration
 from clip2scene_core.data import open_source
-from clip2scene_core.student.network import StudentConfig
-from clip2scene_core.teacher import build_teacher
-from clip2scene_core.train import Pretrainer, TrainConfig
-from clip2scene_core.vocabulary import load_vocabulary
 from ros_helpers import node_process, spin_for, spin_until
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -20,16 +15,8 @@ SOURCE = "synthetic:frames=3,seed=7,cameras=2,width=128,height=72"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A tiny student trained for one epoch: enough to exercise the node (not to be accurate)."""
-    out = tmp_path_factory.mktemp("student")
-    vocabulary = load_vocabulary("nuscenes")
-    frames = list(open_source("synthetic:frames=2,seed=1,cameras=2,width=128,height=72"))
-    teacher = build_teacher("noisy:0.0", vocabulary, text_encoder="hash")
-    Pretrainer([frames], teacher, StudentConfig(preset="tiny"),
-               TrainConfig(epochs=1, batch_size=1, sweeps=1, max_points=2000, optimizer="adamw", lr=1e-3), out,
-               torch.device("cpu"), extra={"vocabulary": vocabulary.to_dict()}, progress=False).run()
-    return out / "checkpoints" / "last.pt"
+def checkpoint(tiny_student):
+    return tiny_student
 
 
 @pytest.fixture(scope="module")

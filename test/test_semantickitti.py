@@ -179,5 +179,5 @@ def test_label_length_mismatch_names_both_files(tmp_path, shared_data, tiny):
     folder = tmp_path / "mixed" / "sequences" / "00"
     make_sequence(folder, shared_data / "semantickitti_seq00/sequences/00/velodyne/000000.bin",
                   tiny / "labels" / "000000.label", 1, calib=False, poses=False, times=False)
-    with pytest.raises(SourceError, match=r"000000\.label hold 50 values but scan .*000000\.bin has 123389"):
+    with pytest.raises(SourceError, match=r"000000\.label holds 50 labels but .*000000\.bin has 123389 points"):
         SemanticKitti(str(tmp_path / "mixed"))[0]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from clip2scene_core.data import open_source
+from clip2scene_core.data import FrameList, open_source
 from clip2scene_core.evaluate import evaluate_source
 from clip2scene_core.segmenter import Segmenter
 from clip2scene_core.student.checkpoint import CheckpointError, StudentModel, load_student, read_checkpoint
@@ -24,27 +24,9 @@ from clip2scene_core.vocabulary import load_vocabulary
 SCENE = "synthetic:frames=3,seed=2,cameras=2,width=128,height=72,sweeps=1"
 
 
-class Frames:
-    """An in-memory source (rendering each frame once)."""
-
-    kind, label_names = "frames", {}
-
-    def __init__(self, frames):
-        self.frames = frames
-
-    def __len__(self):
-        return len(self.frames)
-
-    def __getitem__(self, index):
-        return self.frames[index]
-
-    def __iter__(self):
-        return iter(self.frames)
-
-
 @pytest.fixture(scope="module")
 def scene():
-    return Frames(list(open_source(SCENE)))
+    return FrameList(list(open_source(SCENE)))
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +51,7 @@ def in_view_miou(pretrainer: Pretrainer, scene, vocabulary) -> float:
 
 @pytest.mark.slow
 def test_a_tiny_scene_is_learned(scene, vocabulary, tmp_path):
-    single = Frames(scene.frames[:1])
+    single = FrameList(scene.frames[:1])
     run = trainer(single, vocabulary, tmp_path, epochs=30, sweeps=1, spatial_temporal=False, self_training=False,
                   augment=False, max_points=2000, schedule="constant", lr=5e-3)
     before = in_view_miou(run, single, vocabulary)
@@ -99,7 +81,7 @@ def test_pretraining_never_reads_ground_truth(scene, vocabulary, tmp_path):
         shuffled.append(twin)
     a = trainer(scene, vocabulary, tmp_path / "a", epochs=1)
     a.run()
-    b = trainer(Frames(shuffled), vocabulary, tmp_path / "b", epochs=1)
+    b = trainer(FrameList(shuffled), vocabulary, tmp_path / "b", epochs=1)
     b.run()
     for x, y in zip(a.student.parameters(), b.student.parameters()):
         assert torch.equal(x, y)

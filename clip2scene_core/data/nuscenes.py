@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..frame import Camera, Frame
 from ..geometry import invert
-from .source import FrameSource, SourceError
+from .source import FrameSource, SourceError, read_labels, read_rows
 
 LIDAR_CHANNEL = "LIDAR_TOP"
 CAMERA_CHANNELS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_FRONT_LEFT")
@@ -235,11 +235,7 @@ class NuScenes(FrameSource):
                with_labels: bool) -> Frame:
         lidar = self.sample_data[lidar_token]
         scan = self._file(lidar["filename"], "LiDAR scan")
-        raw = np.fromfile(scan, dtype=np.float32)
-        if raw.size % POINT_COLUMNS:
-            raise SourceError(f"nuScenes scan {scan} holds {raw.size} floats, not rows of {POINT_COLUMNS} "
-                              f"(x, y, z, intensity, ring); the file is truncated or not a LIDAR_TOP .pcd.bin")
-        raw = raw.reshape(-1, POINT_COLUMNS)
+        raw = read_rows(scan, POINT_COLUMNS, "x, y, z, intensity, ring", "nuScenes LIDAR_TOP scan")
         lidar_to_ego = pose_matrix(self.calibrations[lidar["calibrated_sensor_token"]])
         lidar_pose = pose_matrix(self.ego_poses[lidar["ego_pose_token"]])
         lidar_to_world = lidar_pose @ lidar_to_ego
@@ -279,8 +275,5 @@ class NuScenes(FrameSource):
         if not file.is_file():
             raise SourceError(f"nuScenes lidarseg file {file} is missing although lidarseg.json lists it: "
                               f"download/extract nuScenes-lidarseg for {self.version} into {self.root}")
-        labels = np.fromfile(file, dtype=np.uint8)
-        if len(labels) != n_points:
-            raise SourceError(f"nuScenes lidarseg file {file} has {len(labels)} labels but scan {scan} has "
-                              f"{n_points} points; the two do not belong together")
+        labels = read_labels(file, np.uint8, scan, n_points, "nuScenes lidarseg file")
         return labels.astype(np.int64)

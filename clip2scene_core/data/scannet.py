@@ -24,7 +24,7 @@ from PIL import Image
 
 from ..frame import Camera, Frame
 from ..geometry import invert
-from .source import FrameSource, SourceError
+from .source import FrameSource, SourceError, read_labels, read_rows
 
 SPLITS = ("all", "train", "val", "test")
 FRAME_PERIOD_NS = 33_333_333  # the Structure sensor records at 30 Hz
@@ -208,18 +208,12 @@ class ScanNet(FrameSource):
 
     def _mmdet3d_points(self, scene: str):
         file = self._scene_paths[scene]
-        raw = np.fromfile(file, dtype=np.float32)
-        if raw.size % 6:
-            raise SourceError(f"ScanNet points {file} hold {raw.size} floats, not rows of 6 (x y z r g b)")
-        raw = raw.reshape(-1, 6)
+        raw = read_rows(file, 6, "x, y, z, r, g, b", "ScanNet points")
         colors = np.clip(np.rint(raw[:, 3:6]), 0, 255).astype(np.uint8)
         labels = None
         mask = self.root / "semantic_mask" / f"{scene}.bin"
         if mask.is_file():
-            labels = np.fromfile(mask, dtype=np.int64)
-            if len(labels) != len(raw):
-                raise SourceError(f"ScanNet labels {mask} hold {len(labels)} values but points {file} have "
-                                  f"{len(raw)}; the two do not belong together")
+            labels = read_labels(mask, np.int64, file, len(raw), "ScanNet labels")
         return raw[:, :3], colors, labels
 
     def _official_points(self, scene: str):

@@ -21,7 +21,7 @@ from PIL import Image
 
 from ..frame import Camera, Frame
 from ..geometry import invert
-from .source import FrameSource, SourceError
+from .source import FrameSource, SourceError, read_labels, read_rows
 
 SPLITS = {
     "train": ("00", "01", "02", "03", "04", "05", "06", "07", "09", "10"),
@@ -200,18 +200,11 @@ class SemanticKitti(FrameSource):
     def _frame(self, sequence: _Sequence, k: int) -> Frame:
         scan = sequence.scans[k]
         number = int(scan.stem)
-        raw = np.fromfile(scan, dtype=np.float32)
-        if raw.size % 4:
-            raise SourceError(f"SemanticKITTI scan {scan} holds {raw.size} floats, not rows of 4 (x, y, z, "
-                              f"reflectance); the file is truncated")
-        raw = raw.reshape(-1, 4)
+        raw = read_rows(scan, 4, "x, y, z, reflectance", "SemanticKITTI scan")
         labels = None
         label_file = sequence.folder / "labels" / f"{scan.stem}.label"
         if label_file.is_file():
-            packed = np.fromfile(label_file, dtype=np.uint32)
-            if len(packed) != len(raw):
-                raise SourceError(f"SemanticKITTI labels {label_file} hold {len(packed)} values but scan {scan} "
-                                  f"has {len(raw)} points; the two do not belong together")
+            packed = read_labels(label_file, np.uint32, scan, len(raw), "SemanticKITTI labels")
             labels = (packed & 0xFFFF).astype(np.int64)
         stamp_ns = round(sequence.times_s[number] * 1e9) if sequence.times_s is not None else number * SCAN_PERIOD_NS
         ego_pose = sequence.lidar_poses[number] if sequence.lidar_poses is not None else np.eye(4)

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import inspect
 import typing
+from pathlib import Path
+
+import numpy as np
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -63,6 +66,40 @@ class Subset(FrameSource):
 
     def __getitem__(self, index: int) -> Frame:
         return self.source[self.indices[self._check_index(index)]]
+
+
+class FrameList(FrameSource):
+    """Frames already in memory (e.g. rendered once and trained on for many epochs)."""
+
+    kind = "frames"
+
+    def __init__(self, frames, label_names: dict[int, str] | None = None):
+        self.frames = list(frames)
+        self.label_names = label_names or {}
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: int) -> Frame:
+        return self.frames[self._check_index(index)]
+
+
+def read_rows(file: Path, columns: int, layout: str, what: str, dtype=np.float32) -> np.ndarray:
+    """A binary file of rows of `columns` values, e.g. a scan of x, y, z, intensity floats."""
+    raw = np.fromfile(file, dtype=dtype)
+    if raw.size % columns:
+        raise SourceError(f"{what} {file} holds {raw.size} values, not rows of {columns} ({layout}); the file is "
+                          f"truncated or of another format")
+    return raw.reshape(-1, columns)
+
+
+def read_labels(file: Path, dtype, points_file: Path, points: int, what: str) -> np.ndarray:
+    """One label per point from a binary file, checked against the number of points of its scan."""
+    labels = np.fromfile(file, dtype=dtype)
+    if len(labels) != points:
+        raise SourceError(f"{what} {file} holds {len(labels)} labels but {points_file} has {points} points; the two "
+                          f"files do not belong together")
+    return labels
 
 
 @dataclass
