@@ -69,6 +69,15 @@ def overhead_rows(repeats: int) -> list[dict]:
     return rows
 
 
+NAMES = ("front", "front_right", "front_left", "back", "back_left", "back_right")
+
+
+def camera_topics(with_labels: bool) -> str:
+    """The topics a consumer of six cameras subscribes besides the LiDAR (the publisher waits for them)."""
+    topics = [f"/cam_{n}/image_raw/compressed" for n in NAMES] + [f"/cam_{n}/camera_info" for n in NAMES]
+    return "[" + ",".join(topics + ([f"/cam_{n}/labels" for n in NAMES] if with_labels else [])) + "]"
+
+
 def start(module: str, params_file: str, parameters: dict, log) -> subprocess.Popen:
     command = [sys.executable, "-m", module, "--ros-args", "--params-file", str(ROOT / params_file)]
     for name, value in parameters.items():
@@ -121,8 +130,7 @@ def end_to_end_rows(workdir: Path, frames: int, quick: bool) -> list[dict]:
                TrainConfig(epochs=1, batch_size=2, sweeps=1, max_points=2000), workdir / "student",
                torch.device("cpu"), progress=False).run()
     (workdir / "config.yaml").write_text("teacher: {text_encoder: hash}\n")
-    cameras = "[" + ",".join(f"/cam_{n}/image_raw/compressed" for n in
-                             ("front", "front_right", "front_left", "back", "back_left", "back_right")) + "]"
+    cameras = "[" + ",".join(f"/cam_{n}/image_raw/compressed" for n in NAMES) + "]"
     rclpy.init()
     node = rclpy.create_node("clip2scene_bench")
     rows = []
@@ -140,7 +148,8 @@ def end_to_end_rows(workdir: Path, frames: int, quick: bool) -> list[dict]:
             while node.count_publishers("segmentation/info") == 0 and time.monotonic() < deadline:
                 rclpy.spin_once(node, timeout_sec=0.1)
             publisher = start("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
-                              {"source": source, "rate_hz": 2.0, "wait_for_subscribers": 1}, log)
+                              {"source": source, "rate_hz": 2.0, "wait_for_subscribers": 1,
+                               "wait_for_topics": camera_topics(with_labels=mode != "student")}, log)
             spin_while(node, lambda: publisher.poll() is None and len(infos) < frames, 600)
             spin_while(node, lambda: len(infos) < frames, 15)  # the last sweeps are still being segmented
             memory = rss_mb(segmenter.pid)
@@ -173,8 +182,7 @@ def recorder_rows(workdir: Path, seconds: float) -> list[dict]:
     frames = int(seconds * 20)
     source = f"synthetic:frames={frames},seed=4,cameras=6,width=400,height=224"
     calibration = save_calibration(workdir / "calibration_rec.yaml", frame_transforms(open_source(source)[0]))
-    cameras = "[" + ",".join(f"/cam_{n}/image_raw/compressed" for n in
-                             ("front", "front_right", "front_left", "back", "back_left", "back_right")) + "]"
+    cameras = "[" + ",".join(f"/cam_{n}/image_raw/compressed" for n in NAMES) + "]"
     rclpy.init()
     node = rclpy.create_node("clip2scene_bench_recorder")
     statuses = []
@@ -185,7 +193,8 @@ def recorder_rows(workdir: Path, seconds: float) -> list[dict]:
                          {"output_dir": str(output), "camera_topics": cameras, "calibration_file": str(calibration),
                           "qos_reliability": "reliable", "qos_depth": 100}, log)
         publisher = start("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
-                          {"source": source, "rate_hz": 20.0, "wait_for_subscribers": 1}, log)
+                          {"source": source, "rate_hz": 20.0, "wait_for_subscribers": 1,
+                           "wait_for_topics": camera_topics(with_labels=False)}, log)
         spin_while(node, lambda: publisher.poll() is None, 600)
         spin_while(node, lambda: True, 3)  # the recorder takes the last pairs off the wire
         stop(recorder)

@@ -80,8 +80,11 @@ def run(out: Path, frames: int, epochs: int, teacher: str, clip_weights: str | N
     size = "width=320,height=180"
     train_drive = f"synthetic:frames={frames},seed=0,cameras=6,{size}"
     test_drive = f"synthetic:frames=8,seed=1,cameras=6,{size}"
-    cameras = "[" + ",".join(f"/cam_{n}/image_raw/compressed" for n in
-                             ("front", "front_right", "front_left", "back", "back_left", "back_right")) + "]"
+    names = ("front", "front_right", "front_left", "back", "back_left", "back_right")
+    cameras = "[" + ",".join(f"/cam_{n}/image_raw/compressed" for n in names) + "]"
+    # Discovery is per topic: the publisher starts once its consumer has matched every topic it reads.
+    segmenter_topics = [f"/cam_{n}/image_raw/compressed" for n in names] + [f"/cam_{n}/camera_info" for n in names]
+    recorder_topics = segmenter_topics + [f"/cam_{n}/labels" for n in names] + ["/odom"]
     calibration = save_calibration(out / "calibration.yaml", frame_transforms(open_source(train_drive)[0]))
     config = out / "config.yaml"
     config.write_text((ROOT / "config" / "demo.yaml").read_text() +
@@ -95,10 +98,11 @@ def run(out: Path, frames: int, epochs: int, teacher: str, clip_weights: str | N
                       "calibration_file": str(calibration), "odometry_topic": "/odom",
                       "record_label_images": "true", "qos_reliability": "reliable"}, out / "logs" / "recorder.log")
     publisher = start("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
-                      {"source": train_drive, "rate_hz": 5.0, "wait_for_subscribers": 1},
+                      {"source": train_drive, "rate_hz": 5.0, "wait_for_subscribers": 1,
+                       "wait_for_topics": "[" + ",".join(recorder_topics) + "]"},
                       out / "logs" / "publisher.log")
     wait(publisher, "the sensor publisher", 600)
-    time.sleep(1.0)  # let the recorder take the last pair off the wire before it is stopped
+    time.sleep(1.0)  # let the recorder take the last pair off the wire before it is stopped (the demo, not a test)
     if stop(recorder):
         raise SystemExit("demo: the recorder failed; see logs/recorder.log")
     recorded = open_source(f"bag:{out / 'recording'}")
@@ -127,7 +131,8 @@ def run(out: Path, frames: int, epochs: int, teacher: str, clip_weights: str | N
     while node.count_publishers("segmentation/info") == 0 and time.monotonic() < deadline:
         rclpy.spin_once(node, timeout_sec=0.1)
     publisher = start("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
-                      {"source": test_drive, "rate_hz": 2.0, "wait_for_subscribers": 1},
+                      {"source": test_drive, "rate_hz": 2.0, "wait_for_subscribers": 1,
+                       "wait_for_topics": "[" + ",".join(segmenter_topics) + "]"},
                       out / "logs" / "publisher_live.log")
     deadline = time.monotonic() + 300
     while publisher.poll() is None and time.monotonic() < deadline:

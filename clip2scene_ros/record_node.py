@@ -99,7 +99,7 @@ class RecordNode(Node):
         self.types = {lidar_topic: POINTCLOUD2}
         self.infos: dict[str, tuple[str, bytes]] = {}
         self.labels: dict[str, dict[int, tuple[str, bytes]]] = {}
-        # Released pairs wait here (at most the sync timeout) for label images that come after their images.
+        # Released pairs wait here (at most the sync timeout) for camera infos and label images.
         self.waiting: deque = deque()
         self.label_wait_ns = int(v.sync_timeout_ms * 1e6)
         self.create_subscription(PointCloud2, lidar_topic, self.on_cloud, qos, raw=True)
@@ -125,7 +125,7 @@ class RecordNode(Node):
         self.create_timer(1.0, self.publish_status)
         self.writer: BagWriter | None = None
         self.part = -1
-        self.written = self.dropped = 0
+        self.written = self.dropped = self.poses = 0
         self.failed: str | None = None
         self._open_part()
         self.get_logger().info(f"recording {lidar_topic} with {len(self.cameras)} cameras into {self.output_dir}")
@@ -183,6 +183,7 @@ class RecordNode(Node):
 
     def on_info(self, name: str, topic: str, data: bytes) -> None:
         self.infos[name] = (topic, data)
+        self._write([])
 
     def on_label(self, name: str, topic: str, data: bytes) -> None:
         stored = self.labels[name]
@@ -199,6 +200,7 @@ class RecordNode(Node):
         stamp = conv.stamp_to_ns(msg.header.stamp)
         tf = TYPESTORE.types[TF_MESSAGE](transforms=[transform_stamped(msg.header.frame_id, msg.child_frame_id, stamp, T)])
         self._guarded(lambda: self.writer.write_message("/tf", TF_MESSAGE, self._now(), tf))
+        self.poses += 1
 
     def on_poll(self) -> None:
         self._write(self.sync.poll(self._now()))
@@ -208,18 +210,23 @@ class RecordNode(Node):
     def _write(self, groups) -> None:
         now = self._now()
         for group in groups:
-            # Incomplete pairs, and cameras without a camera_info yet (unusable when read back), are dropped.
-            if group.missing or self.writer is None or any(name not in self.infos for name in group.cameras):
-                self.dropped += 1
+            if group.missing or self.writer is None:
+                self.dropped += 1  # only pairs with every camera within the slop are recorded
             else:
                 self.waiting.append((group, now))
+        # A released pair waits (at most the sync timeout) for its cameras' camera_info and label images,
+        # which are published after the images.
         while self.waiting:
             group, released = self.waiting[0]
+            infos_in = all(name in self.infos for name in group.cameras)
             labels_in = all(group.camera_stamps_ns[name] in self.labels[name] for name in group.cameras
                             if name in self.labels)
-            if not labels_in and now - released < self.label_wait_ns:
+            if not (infos_in and labels_in) and now - released < self.label_wait_ns:
                 break
             self.waiting.popleft()
+            if not infos_in:
+                self.dropped += 1  # a camera without camera_info could not be used when read back
+                continue
             messages = [group.lidar] + list(group.cameras.values())
             self._guarded(lambda: self._write_pair(group, messages))
 
@@ -252,7 +259,8 @@ class RecordNode(Node):
 
     def publish_status(self) -> None:
         level = DiagnosticStatus.ERROR if self.failed else DiagnosticStatus.OK
-        values = {"written_pairs": self.written, "dropped_pairs": self.dropped, "parts": self.part + 1,
+        values = {"written_pairs": self.written, "dropped_pairs": self.dropped, "odometry": self.poses,
+                  "parts": self.part + 1,
                   "output_dir": str(self.output_dir)}
         status = DiagnosticStatus(level=level, name="clip2scene_recorder: recording",
                                   message=self.failed or "recording", hardware_id=self.get_fully_qualified_name(),

@@ -37,6 +37,9 @@ PARAMETERS = [
     Param("odometry_topic", "/odom", "nav_msgs/Odometry of the ego pose (world -> base_link); empty: none",
           read_only=True),
     Param("reliability", "reliable", "QoS reliability: reliable or best_effort", read_only=True),
+    Param("wait_for_topics", [], "start playing once each of these of its topics has a subscriber (discovery "
+          "is per topic: a consumer's LiDAR subscription can match before its camera or odometry ones)",
+          read_only=True),
     Param("wait_for_subscribers", 0, "start playing once the LiDAR topic has this many subscribers", 0, 100,
           read_only=True),
 ]
@@ -48,7 +51,7 @@ class SensorPublisher(Node):
         v = declare_all(self, PARAMETERS)
         self.source_text, self.loop, self.restamp = v.source, v.loop, v.restamp
         self.publish_labels, self.exit_when_done = v.publish_labels, v.exit_when_done
-        self.wait_for_subscribers = v.wait_for_subscribers
+        self.wait_for_subscribers, self.wait_for_topics = v.wait_for_subscribers, v.wait_for_topics
         qos = QoSProfile(depth=20, reliability=ReliabilityPolicy.BEST_EFFORT if v.reliability == "best_effort"
                          else ReliabilityPolicy.RELIABLE)
         lidar_topic, odometry_topic, compressed, rate = v.lidar_topic, v.odometry_topic, v.compressed, v.rate_hz
@@ -67,12 +70,23 @@ class SensorPublisher(Node):
                 self.create_publisher(CompressedImage if compressed else Image, topic, qos),
                 self.create_publisher(CameraInfo, f"{namespace}/camera_info", qos),
                 self.create_publisher(Image, f"{namespace}/labels", qos))
+        publishers = [self.cloud_pub, self.odometry_pub] + [p for pubs in self.camera_pubs.values() for p in pubs]
+        by_topic = {p.topic_name: p for p in publishers if p is not None}
+        unknown = [t for t in self.wait_for_topics if t not in by_topic]
+        if unknown:
+            raise ValueError(f"parameter wait_for_topics: {unknown} are not published here; topics: {sorted(by_topic)}")
+        self.awaited = [by_topic[t] for t in self.wait_for_topics]
         self.index = 0
         self.published = 0
         self.timer = self.create_timer(1.0 / rate, self.tick)
 
+    def _consumers_ready(self) -> bool:
+        if self.cloud_pub.get_subscription_count() < self.wait_for_subscribers:
+            return False
+        return all(publisher.get_subscription_count() > 0 for publisher in self.awaited)
+
     def tick(self) -> None:
-        if self.published == 0 and self.cloud_pub.get_subscription_count() < self.wait_for_subscribers:
+        if self.published == 0 and not self._consumers_ready():
             return
         if self.index >= len(self.frames):
             if not self.loop:

@@ -140,3 +140,20 @@ def test_replay_in_student_mode_counts_every_frame(tmp_path, frames, vocabulary)
     report = replay(bag, Segmenter(vocabulary, "student", student=model), progress=False)
     assert report.frames == 3 and report.evaluation.all_points.coverage() == 1.0
     assert "student" in report.percentiles()
+
+
+def test_fusion_takes_the_teacher_where_it_sees_and_is_surer(frames, vocabulary):
+    from clip2scene_core.student.checkpoint import StudentModel
+    from clip2scene_core.student.network import Student, StudentConfig
+    from clip2scene_core.teacher.text import HashTextEncoder
+
+    frame = frames[0]
+    teacher = build_teacher("labels", vocabulary, text_encoder="hash")
+    student = StudentModel(Student(StudentConfig(preset="tiny")), vocabulary, HashTextEncoder())
+    fused = Segmenter(vocabulary, "fusion", teacher=teacher, student=student).segment(frame)
+    alone_student = Segmenter(vocabulary, "student", student=student).segment(frame)
+    alone_teacher = Segmenter(vocabulary, "teacher", teacher=teacher).segment(frame)
+    taken = alone_teacher.seen & (alone_teacher.labels >= 0)  # the label teacher is certain (confidence 1)
+    assert np.array_equal(fused.labels[taken], alone_teacher.labels[taken])
+    assert np.array_equal(fused.labels[~fused.seen], alone_student.labels[~fused.seen])
+    assert (fused.labels >= 0).all() and {"student", "teacher", "projection"} <= set(fused.timings_ms)

@@ -12,6 +12,9 @@ from ros_helpers import node_process, spin_for, spin_until
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 SOURCE = "synthetic:frames=3,seed=7,cameras=2,width=128,height=72"
+# Discovery is per topic: the publisher starts once the segmenter has matched its camera topics too.
+WAIT_FOR = "[/cam_front/image_raw/compressed,/cam_front_right/image_raw/compressed,/cam_front/camera_info," \
+           "/cam_front_right/camera_info]"
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +54,8 @@ def test_labelled_cloud_for_every_input_and_vocabulary_changes_at_run_time(ros_n
         spin_until(ros_node, lambda: ros_node.count_publishers("segmentation/info") > 0, 60,
                    "the segmenter's outputs", [segmenter])
         with node_process("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
-                          {"source": SOURCE, "rate_hz": 5.0, "wait_for_subscribers": 1, "restamp": False},
+                          {"source": SOURCE, "rate_hz": 5.0, "wait_for_subscribers": 1, "restamp": False,
+                           "wait_for_topics": WAIT_FOR},
                           tmp_path / "publisher.log") as publisher:
             spin_until(ros_node, lambda: len(infos) >= 3, 90, "three segmented sweeps", [segmenter, publisher])
             publisher.wait(timeout=30)
@@ -79,7 +83,7 @@ def test_labelled_cloud_for_every_input_and_vocabulary_changes_at_run_time(ros_n
         assert not bad.result().results[0].successful  # rejected with a reason; the node keeps its vocabulary
         infos.clear()
         with node_process("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
-                          {"source": SOURCE, "rate_hz": 5.0, "wait_for_subscribers": 1},
+                          {"source": SOURCE, "rate_hz": 5.0, "wait_for_subscribers": 1, "wait_for_topics": WAIT_FOR},
                           tmp_path / "publisher2.log"):
             spin_until(ros_node, lambda: len(infos) >= 1, 90, "a sweep with the new vocabulary", [segmenter])
         assert list(infos[-1].class_names) == ["road", "car", "tree"] and infos[-1].vocabulary == "parameters"

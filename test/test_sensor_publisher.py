@@ -20,7 +20,8 @@ def test_publisher_plays_every_frame_over_dds(ros_node, tmp_path):
     ros_node.create_subscription(CameraInfo, "/cam_front/camera_info", infos.append, 10)
     ros_node.create_subscription(Image, "/cam_front/labels", labels.append, 10)
     with node_process("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
-                      {"source": source_text, "rate_hz": 20.0, "wait_for_subscribers": 1, "restamp": False},
+                      {"source": source_text, "rate_hz": 20.0, "wait_for_subscribers": 1, "restamp": False,
+                       "wait_for_topics": "[/cam_front/image_raw/compressed,/cam_front/camera_info,/cam_front/labels]"},
                       tmp_path / "publisher.log") as process:
         spin_until(ros_node, lambda: len(clouds) == 3 and len(labels) == 3, 60, "three frames", [process])
         process.wait(timeout=30)  # exit_when_done
