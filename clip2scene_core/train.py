@@ -68,7 +68,7 @@ class TrainConfig:
     self_training_start: float = 0.5
     self_training_probability: float = 0.5
     augment: bool = True
-    max_points: int = 0                 # subsample each sweep to at most this many points (0: all)
+    max_paired: int = 0                 # at most this many paired points per scan enter the losses (0: all)
 
     def __post_init__(self) -> None:
         if self.semantic_loss not in ("infonce", "cross_entropy"):
@@ -87,7 +87,8 @@ class Sample:
 
     points / intensity: per sweep, (N_k, 3) float32 in the (augmented) keyframe LiDAR frame.
     pseudo: (sum N_k,) int64 teacher pseudo labels over the concatenated sweeps, IGNORE where unpaired.
-    paired: (M,) indices of the paired points; pixel_features: (M, D); groups: (M,) grid cell per pair.
+    paired: (M,) indices of the paired points used in the losses; pixel_features: (M, D); groups: (M,) grid
+        cell per pair.
     truth: (N_0,) raw labels of the keyframe points when the source has them (monitoring only).
     """
 
@@ -117,22 +118,20 @@ def prepare_sample(frame: Frame, teacher: Teacher, config: TrainConfig, rng: np.
     aggregate = aggregate_sweeps(frame, config.sweeps)
     sweeps = ([frame] + list(frame.sweeps))[:config.sweeps]
     counts = np.bincount(aggregate.sweep_index, minlength=len(sweeps))
-    keep = np.ones(len(aggregate.points), bool)
-    if config.max_points:
-        for k, count in enumerate(counts):
-            if count > config.max_points:
-                rows = np.flatnonzero(aggregate.sweep_index == k)
-                keep[rng.choice(rows, count - config.max_points, replace=False)] = False
-    points, sweep_index = aggregate.points[keep], aggregate.sweep_index[keep]
+    points, sweep_index = aggregate.points, aggregate.sweep_index
     intensity_all = np.concatenate([s.fields.get("intensity", np.zeros(len(s), np.float32)).astype(np.float32)
-                                    for s in sweeps])[keep]
-    truth = frame.labels[keep[:len(frame)]] if frame.labels is not None else None
+                                    for s in sweeps])
+    truth = frame.labels
     if frame.cameras:
         pairs = predict_points(teacher.predict(frame.cameras), points, frame.cameras, with_features=True)
         pseudo, pixel_features = pairs.labels, pairs.features
     else:
         pseudo, pixel_features = np.full(len(points), IGNORE, np.int64), torch.zeros(len(points), 1)
     paired = np.flatnonzero(pseudo != IGNORE)
+    if config.max_paired and len(paired) > config.max_paired:
+        # Fewer points in the losses, never in the network's input: thinning the input would starve the
+        # sparse convolutions of neighbours and train on scans unlike those seen at inference.
+        paired = np.sort(rng.choice(paired, config.max_paired, replace=False))
     if config.augment:
         points = (points @ _augmentation(rng).T).astype(np.float32)
     groups = np.zeros(0, np.int64)

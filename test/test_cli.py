@@ -21,7 +21,7 @@ def bag(tmp_path_factory):
 def config(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text("teacher: {text_encoder: hash}\nstudent: {preset: tiny}\n"
-                    "train: {optimizer: adamw, lr: 0.001, max_points: 2000, batch_size: 1, sweeps: 2}\n"
+                    "train: {optimizer: adamw, lr: 0.001, max_paired: 2000, batch_size: 1, sweeps: 2}\n"
                     "finetune: {epochs: 1, batch_size: 1}\n")
     return path
 

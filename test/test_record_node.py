@@ -76,7 +76,7 @@ def test_stopping_leaves_a_complete_split_recording_that_trains_a_student(ros_no
     vocabulary = load_vocabulary("nuscenes")
     teacher = build_teacher("noisy:0.1", vocabulary, text_encoder="hash")
     trainer = Pretrainer([recorded], teacher, StudentConfig(preset="tiny"),
-                         TrainConfig(epochs=1, batch_size=2, sweeps=2, max_points=2000, optimizer="adamw", lr=1e-3),
+                         TrainConfig(epochs=1, batch_size=2, sweeps=2, max_paired=2000, optimizer="adamw", lr=1e-3),
                          tmp_path / "student", torch.device("cpu"), progress=False)
     history = trainer.run()
     assert (tmp_path / "student" / "checkpoints" / "last.pt").is_file() and np.isfinite(history[0]["loss"])

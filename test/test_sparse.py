@@ -120,3 +120,23 @@ def test_same_weights_give_spconvs_forward():
     order = {tuple(row.tolist()): i for i, row in enumerate(out.indices.long())}
     matched = torch.stack([out.features[order[tuple(row.tolist())]] for row in ours.coords])
     assert torch.allclose(matched, ours.features, atol=1e-5)
+
+
+def test_the_whole_student_gives_the_same_features_through_spconv():
+    """The GPU path runs the network through spconv's own tensors, keys and inverse convolutions; on the CPU,
+    with spconv's native algorithm, it must give what the torch path gives."""
+    from clip2scene_core.data import open_source
+    from clip2scene_core.student.network import Student, StudentConfig, make_batch
+
+    torch.manual_seed(4)
+    torch.set_num_threads(1)
+    student = Student(StudentConfig(preset="tiny")).eval()
+    for module in student.modules():
+        if isinstance(module, spconv.SparseModule) and hasattr(module, "algo"):
+            module.algo = ConvAlgo.Native
+    frame = open_source("synthetic:frames=1,seed=3,cameras=0")[0]
+    batch = make_batch([(frame.points, frame.fields["intensity"]), (frame.points[::2], None)], 0.2)
+    with torch.no_grad():
+        ours = student.voxel_features(batch, backend="torch")
+        theirs = student.voxel_features(batch, backend="spconv")
+    assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()

@@ -35,7 +35,7 @@ def vocabulary():
 
 
 def trainer(scene, vocabulary, out, **overrides) -> Pretrainer:
-    settings = dict(epochs=2, batch_size=1, optimizer="adamw", lr=2e-3, sweeps=2, max_points=2500, seed=3)
+    settings = dict(epochs=2, batch_size=1, optimizer="adamw", lr=2e-3, sweeps=2, max_paired=2500, seed=3)
     settings.update(overrides)
     teacher = build_teacher("noisy:0.0", vocabulary, text_encoder="hash")
     return Pretrainer([scene], teacher, StudentConfig(preset="tiny"), TrainConfig(**settings), out,
@@ -53,7 +53,7 @@ def in_view_miou(pretrainer: Pretrainer, scene, vocabulary) -> float:
 def test_a_tiny_scene_is_learned(scene, vocabulary, tmp_path):
     single = FrameList(scene.frames[:1])
     run = trainer(single, vocabulary, tmp_path, epochs=30, sweeps=1, spatial_temporal=False, self_training=False,
-                  augment=False, max_points=2000, schedule="constant", lr=5e-3)
+                  augment=False, max_paired=2000, schedule="constant", lr=5e-3)
     before = in_view_miou(run, single, vocabulary)
     history = run.run()
     after = in_view_miou(run, single, vocabulary)
@@ -131,7 +131,7 @@ def test_two_processes_agree_with_one(tmp_path):
     """
     config = tmp_path / "config.yaml"
     config.write_text("student: {preset: tiny}\nteacher: {text_encoder: hash}\n"
-                      "train: {optimizer: sgd, lr: 0.05, max_points: 2000, batch_size: 2, epochs: 2, seed: 1}\n")
+                      "train: {optimizer: sgd, lr: 0.05, max_paired: 2000, batch_size: 2, epochs: 2, seed: 1}\n")
     common = ["pretrain", "--data", SCENE, "--teacher", "noisy:0.1", "--vocabulary", "nuscenes", "--config",
               str(config), "--device", "cpu", "--sweeps", "2"]
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -91,9 +91,10 @@ class StudentModel:
     """
 
     def __init__(self, student: Student, vocabulary: Vocabulary, text_encoder, device="cpu",
-                 logit_scale: float = 100.0, classifier=None):
+                 logit_scale: float = 100.0, classifier=None, half: bool | None = None):
         self.network = student.to(device).eval()
         self.device = torch.device(device)
+        self.half = self.device.type == "cuda" if half is None else half  # fp16 inference on GPU
         self.text_encoder = text_encoder
         self.logit_scale = logit_scale
         self.trained_classifier = classifier.to(self.device).eval() if classifier is not None else None
@@ -109,8 +110,9 @@ class StudentModel:
     def features(self, frame: Frame) -> torch.Tensor:
         """(N, D) semantic point features of the frame's points."""
         batch = make_batch([(frame.points, frame.fields.get("intensity"))], self.network.config.voxel_size_m)
-        semantic, _ = self.network(batch.to(self.device))
-        return semantic
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.half and self.device.type == "cuda"):
+            semantic, _ = self.network(batch.to(self.device))
+        return semantic.float()
 
     @torch.no_grad()
     def predict(self, frame: Frame) -> tuple[np.ndarray, np.ndarray]:

@@ -110,13 +110,15 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.conv1, self.bn1 = SubMConv(c_in, c_out, 3, key), SparseBatchNorm(c_out)
         self.conv2, self.bn2 = SubMConv(c_out, c_out, 3, key), SparseBatchNorm(c_out)
-        self.skip = None if c_in == c_out else SubMConv(c_in, c_out, 1, key)
+        # A 1x1x1 convolution is a per-voxel linear map. (spconv's own 1x1 path reads its weight in another
+        # layout than its other kernels, so a checkpoint would not move between CPU and GPU through it.)
+        self.skip = None if c_in == c_out else nn.Linear(c_in, c_out, bias=False)
         self.skip_bn = None if c_in == c_out else SparseBatchNorm(c_out)
 
     def forward(self, x):
         y = _act(self.conv1(x), self.bn1)
         y = self.conv2(y)
-        shortcut = x.features if self.skip is None else self.skip_bn(self.skip(x).features)
+        shortcut = x.features if self.skip is None else self.skip_bn(self.skip(x.features))
         return y.replace_feature(F.relu(self.bn2(y.features) + shortcut))
 
 
@@ -202,17 +204,18 @@ class Student(nn.Module):
         self.local_head = nn.Linear(d4, config.embed_dim)
         self.text_embeddings: torch.Tensor | None = None  # (C, D) for zero-shot prediction; not a parameter
 
-    def _sparse_input(self, batch: VoxelBatch):
-        if batch.features.is_cuda:
+    def _sparse_input(self, batch: VoxelBatch, backend: str | None):
+        if (backend or ("spconv" if batch.features.is_cuda else "torch")) == "spconv":
             # spconv's fast path; the spatial shape must halve four times without cutting sites.
             shape = ((batch.coords[:, 1:].max(dim=0).values + 1 + 15) // 16 * 16).tolist()
             batch_size = int(batch.coords[:, 0].max()) + 1
             return spconv.SparseConvTensor(batch.features, batch.coords.int(), shape, batch_size)
         return SparseVoxels(batch.features, batch.coords, int(batch.coords[:, 0].max()) + 1)
 
-    def voxel_features(self, batch: VoxelBatch) -> torch.Tensor:
-        """(V, d4) decoder features of the voxels, in batch.coords order."""
-        x = self._sparse_input(batch)
+    def voxel_features(self, batch: VoxelBatch, backend: str | None = None) -> torch.Tensor:
+        """(V, d4) decoder features of the voxels, in batch.coords order. backend: "spconv" (default on
+        CUDA) or "torch" (default on CPU, see sparse.py)."""
+        x = self._sparse_input(batch, backend)
         for conv, bn in zip(self.stem, self.stem_bn):
             x = _act(conv(x), bn)
         skips = []
