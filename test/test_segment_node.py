@@ -91,7 +91,7 @@ def test_labelled_cloud_for_every_input_and_vocabulary_changes_at_run_time(ros_n
 
 
 def test_malformed_messages_are_skipped_and_the_node_stays_up(ros_node, checkpoint, calibration, tmp_path):
-    from diagnostic_msgs.msg import DiagnosticArray
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
     from sensor_msgs.msg import PointCloud2
 
     from clip2scene_ros import conversions
@@ -112,10 +112,13 @@ def test_malformed_messages_are_skipped_and_the_node_stays_up(ros_node, checkpoi
     with_nan = conversions.cloud_msg(conv.encode_cloud(np.full((10, 3), np.nan, np.float32)),
                                      conversions.header(5, "lidar"))
     with node_process("clip2scene_ros.segment_node", "config/segment_node.yaml",
-                      node_parameters(checkpoint, calibration, camera_topics="[]"),
+                      node_parameters(checkpoint, calibration, camera_topics="[]", processing_budget_ms=1.0),
                       tmp_path / "segmenter.log") as segmenter:
         spin_until(ros_node, lambda: publisher.get_subscription_count() > 0
                    and ros_node.count_publishers("segmentation/info") > 0, 60, "the segmenter", [segmenter])
+        spin_until(ros_node, lambda: any(s.level == DiagnosticStatus.ERROR and "no cloud" in s.message
+                                         for d in diagnostics for s in d.status), 30, "an ERROR while no input comes",
+                   [segmenter])
         for message in (no_z, truncated, wrong_step, with_nan):
             publisher.publish(message)
         deadline = time.monotonic() + 60
@@ -126,6 +129,12 @@ def test_malformed_messages_are_skipped_and_the_node_stays_up(ros_node, checkpoi
         spin_until(ros_node, lambda: any(int(kv.value) >= 3 for d in diagnostics for s in d.status for kv in s.values
                                          if kv.key == "skipped_clouds"), 30, "diagnostics counting the skips",
                    [segmenter])
+        # A 1 ms budget cannot be met: the diagnostics say so while sweeps are being processed.
+        deadline = time.monotonic() + 30
+        while not any("budget" in s.message for d in diagnostics for s in d.status) and time.monotonic() < deadline:
+            publisher.publish(good)
+            spin_for(ros_node, 0.3)
+        assert any(s.level == DiagnosticStatus.ERROR and "budget" in s.message for d in diagnostics for s in d.status)
         assert segmenter.poll() is None
     log = (tmp_path / "segmenter.log").read_text()
     assert "no z field" in log or "no x/y/z" in log or "no z" in log
