@@ -127,7 +127,7 @@ def end_to_end_rows(workdir: Path, frames: int, quick: bool) -> list[dict]:
     # Latency does not depend on what the weights learned: one epoch on two frames gives a checkpoint.
     Pretrainer([list(open_source("synthetic:frames=2,seed=1,cameras=1,width=64,height=48"))],
                build_teacher("noisy:0.0", vocabulary, text_encoder="hash"), StudentConfig(preset="small"),
-               TrainConfig(epochs=1, batch_size=2, sweeps=1, max_points=2000), workdir / "student",
+               TrainConfig(epochs=1, batch_size=2, sweeps=1, max_paired=2000), workdir / "student",
                torch.device("cpu"), progress=False).run()
     (workdir / "config.yaml").write_text("teacher: {text_encoder: hash}\n")
     cameras = "[" + ",".join(f"/cam_{n}/image_raw/compressed" for n in NAMES) + "]"

@@ -49,7 +49,7 @@ def soak(messages: int, rate_hz: float, points: int, workdir: Path) -> dict:
     vocabulary = load_vocabulary("nuscenes")
     frames = list(open_source("synthetic:frames=2,seed=1,cameras=1,width=64,height=48"))
     Pretrainer([frames], build_teacher("noisy:0.0", vocabulary, text_encoder="hash"), StudentConfig(preset="tiny"),
-               TrainConfig(epochs=1, batch_size=2, sweeps=1, max_points=2000), workdir / "student",
+               TrainConfig(epochs=1, batch_size=2, sweeps=1, max_paired=2000), workdir / "student",
                torch.device("cpu"), progress=False).run()
     cloud_points = frames[0].points[:points]
     cloud = conv.encode_cloud(cloud_points, {"intensity": frames[0].fields["intensity"][:points]})

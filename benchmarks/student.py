@@ -73,7 +73,7 @@ def training_row(preset: str, steps: int) -> dict:
     frames = list(open_source("synthetic:frames=4,seed=0,cameras=6,width=200,height=112,sweeps=2"))
     teacher = build_teacher("noisy:0.3", vocabulary, text_encoder="hash")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    config = TrainConfig(epochs=1, batch_size=2, sweeps=3, max_points=0, optimizer="adamw", lr=1e-3)
+    config = TrainConfig(epochs=1, batch_size=2, sweeps=3, max_paired=0, optimizer="adamw", lr=1e-3)
     trainer = Pretrainer([frames], teacher, StudentConfig(preset=preset), config, Path("build/bench_train"), device,
                          progress=False)
     if device.type == "cuda":

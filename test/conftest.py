@@ -58,7 +58,7 @@ def tiny_student(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny_student")
     vocabulary = load_vocabulary("nuscenes")
-    frames = FrameList(open_source("synthetic:frames=2,seed=1,cameras=2,width=96,height=64"))
+    frames = FrameList(open_source("synthetic:frames=2,seed=1,cameras=2,width=96,height=64,beams=16"))
     Pretrainer([frames], build_teacher("noisy:0.0", vocabulary, text_encoder="hash"), StudentConfig(preset="tiny"),
                TrainConfig(epochs=1, batch_size=1, sweeps=1, max_paired=2000, optimizer="adamw", lr=1e-3), out,
                torch.device("cpu"), extra={"vocabulary": vocabulary.to_dict()}, progress=False).run()

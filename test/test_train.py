@@ -21,7 +21,7 @@ from clip2scene_core.teacher import build_teacher
 from clip2scene_core.train import Pretrainer, TrainConfig
 from clip2scene_core.vocabulary import load_vocabulary
 
-SCENE = "synthetic:frames=3,seed=2,cameras=2,width=128,height=72,sweeps=1"
+SCENE = "synthetic:frames=3,seed=2,cameras=2,width=128,height=72,sweeps=1,beams=16"  # half the points: fast steps
 
 
 @pytest.fixture(scope="module")

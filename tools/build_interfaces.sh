@@ -18,6 +18,7 @@ fi
     -e "s#/opt/python/cp[0-9]+-cp[0-9]+/lib/python3\.[0-9]+/site-packages/numpy/_core/include#$np_include#g" \
     -e "s#/opt/python/cp[0-9]+-cp[0-9]+/include/python3\.[0-9]+#$py_include#g" "$file"
 done
+mkdir -p "$(dirname "$build")"
 export AMENT_PREFIX_PATH="$venv"
 # The ROS build tools run as Python scripts; they must be this venv's.
 export PATH="$venv/bin:$PATH"
