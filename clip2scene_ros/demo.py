@@ -48,14 +48,13 @@ def stop(process: subprocess.Popen, timeout: float = 30) -> int:
     return process.returncode
 
 
-def wait(process: subprocess.Popen, what: str, timeout: float) -> None:
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        raise SystemExit(f"demo: {what} did not finish within {timeout:.0f} s")
-    if process.returncode:
-        raise SystemExit(f"demo: {what} failed (exit {process.returncode}); see its log in the output folder")
+def spin_until(node, condition, timeout: float, processes: list[subprocess.Popen]) -> None:
+    """Spin the demo's node until condition() holds, the timeout passes or one of processes ends."""
+    import rclpy
+
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline and all(p.poll() is None for p in processes):
+        rclpy.spin_once(node, timeout_sec=0.1)
 
 
 def clip2scene(*arguments: str) -> None:
@@ -91,18 +90,35 @@ def run(out: Path, frames: int, epochs: int, teacher: str, clip_weights: str | N
                       (f"clip: {{pretrained: {clip_weights}}}\n" if clip_weights else ""))
     timings = {}
 
+    rclpy.init()
+    node = rclpy.create_node("clip2scene_demo")
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from clip2scene_ros.msg import SegmentationInfo
+    recorder_counts = {}
+    node.create_subscription(DiagnosticArray, "/diagnostics", lambda message: recorder_counts.update(
+        {kv.key: kv.value for status in message.status if status.name.startswith("clip2scene_recorder")
+         for kv in status.values}), 50)
+    infos = []
+    node.create_subscription(SegmentationInfo, "segmentation/info", infos.append, 50)
+    # Transient-local on both sides: what a publisher sends before a reader has matched it still arrives.
+    # Each publisher stays up, as a sensor driver would, until its consumer has taken every frame.
+    consumer_qos = {"qos_reliability": "reliable", "qos_durability": "transient_local"}
+    player = {"wait_for_subscribers": 1, "exit_when_done": "false", "durability": "transient_local"}
+
     step(f"1/4 recording a {frames}-frame synthetic drive played over ROS 2 (publisher -> recorder)")
     started = time.monotonic()
     recorder = start("clip2scene_ros.record_node", "config/record_node.yaml",
                      {"output_dir": str(out / "recording"), "camera_topics": cameras,
                       "calibration_file": str(calibration), "odometry_topic": "/odom",
-                      "record_label_images": "true", "qos_reliability": "reliable"}, out / "logs" / "recorder.log")
+                      "record_label_images": "true", **consumer_qos}, out / "logs" / "recorder.log")
     publisher = start("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
-                      {"source": train_drive, "rate_hz": 5.0, "wait_for_subscribers": 1,
+                      {"source": train_drive, "rate_hz": 5.0, **player,
                        "wait_for_topics": "[" + ",".join(recorder_topics) + "]"},
                       out / "logs" / "publisher.log")
-    wait(publisher, "the sensor publisher", 600)
-    time.sleep(1.0)  # let the recorder take the last pair off the wire before it is stopped (the demo, not a test)
+    spin_until(node, lambda: sum(int(recorder_counts.get(k, 0)) for k in ("written_pairs", "dropped_pairs"))
+               >= frames, 600, [recorder, publisher])
+    stop(publisher)
     if stop(recorder):
         raise SystemExit("demo: the recorder failed; see logs/recorder.log")
     recorded = open_source(f"bag:{out / 'recording'}")
@@ -118,28 +134,17 @@ def run(out: Path, frames: int, epochs: int, teacher: str, clip_weights: str | N
 
     step("3/4 the segmentation node live on a held-out drive (student mode)")
     started = time.monotonic()
-    rclpy.init()
-    node = rclpy.create_node("clip2scene_demo")
-    from clip2scene_ros.msg import SegmentationInfo
-    infos = []
-    node.create_subscription(SegmentationInfo, "segmentation/info", infos.append, 50)
     segmenter = start("clip2scene_ros.segment_node", "config/segment_node.yaml",
                       {"mode": "student", "checkpoint": str(checkpoint), "calibration_file": str(calibration),
-                       "camera_topics": cameras, "qos_reliability": "reliable", "sync_timeout_ms": 500.0},
+                       "camera_topics": cameras, "sync_timeout_ms": 500.0, **consumer_qos},
                       out / "logs" / "segmenter.log")
-    deadline = time.monotonic() + 120
-    while node.count_publishers("segmentation/info") == 0 and time.monotonic() < deadline:
-        rclpy.spin_once(node, timeout_sec=0.1)
+    spin_until(node, lambda: node.count_publishers("segmentation/info") > 0, 120, [segmenter])
     publisher = start("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
-                      {"source": test_drive, "rate_hz": 2.0, "wait_for_subscribers": 1,
+                      {"source": test_drive, "rate_hz": 2.0, **player,
                        "wait_for_topics": "[" + ",".join(segmenter_topics) + "]"},
                       out / "logs" / "publisher_live.log")
-    deadline = time.monotonic() + 300
-    while publisher.poll() is None and time.monotonic() < deadline:
-        rclpy.spin_once(node, timeout_sec=0.1)
-    end = time.monotonic() + 5
-    while len(infos) < 8 and time.monotonic() < end:
-        rclpy.spin_once(node, timeout_sec=0.1)
+    spin_until(node, lambda: len(infos) >= 8, 300, [segmenter, publisher])
+    stop(publisher)
     stop(segmenter)
     node.destroy_node()
     rclpy.shutdown()

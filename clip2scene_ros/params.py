@@ -9,6 +9,10 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
+DURABILITY = {"volatile": DurabilityPolicy.VOLATILE, "transient_local": DurabilityPolicy.TRANSIENT_LOCAL}
 
 
 @dataclass(frozen=True)
@@ -52,3 +56,15 @@ def declare(node, param: Param):
 def declare_all(node, params: list[Param]) -> SimpleNamespace:
     """Declare every parameter; their values as attributes."""
     return SimpleNamespace(**{param.name: declare(node, param) for param in params})
+
+
+def qos_profile(values: SimpleNamespace, prefix: str, depth: int) -> QoSProfile:
+    """The QoS from parameters <prefix>reliability and <prefix>durability, each checked by name."""
+    policies = {}
+    for kind, choices in (("reliability", RELIABILITY), ("durability", DURABILITY)):
+        name = prefix + kind
+        value = getattr(values, name)
+        if value not in choices:
+            raise ValueError(f"parameter {name}: {value!r} is not one of {', '.join(choices)}")
+        policies[kind] = choices[value]
+    return QoSProfile(depth=depth, **policies)

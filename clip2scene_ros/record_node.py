@@ -22,7 +22,6 @@ from pathlib import Path
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from clip2scene_core import messages as conv
@@ -43,7 +42,7 @@ from clip2scene_core.data.rosbag2 import (
 from clip2scene_core.sync import Synchronizer
 
 from . import conversions
-from .params import Param, declare_all
+from .params import Param, declare_all, qos_profile
 from .runner import run
 
 
@@ -70,6 +69,8 @@ PARAMETERS = [
           read_only=True),
     Param("storage", "mcap", "mcap or sqlite3", read_only=True),
     Param("qos_reliability", "best_effort", "input QoS: best_effort or reliable", read_only=True),
+    Param("qos_durability", "volatile", "input QoS durability: volatile (sensor data) or transient_local (also receives what matched "
+          "publishers sent before this node matched them; they must be transient_local too)", read_only=True),
     Param("qos_depth", 10, "input queue depth", 1, 1000, read_only=True),
 ]
 
@@ -93,8 +94,7 @@ class RecordNode(Node):
         self.cameras = {topic: camera_name(topic) for topic in camera_topics}
         self.sync = Synchronizer(list(self.cameras.values()), int(v.sync_slop_ms * 1e6),
                                  timeout_ns=int(v.sync_timeout_ms * 1e6), queue_size=60)
-        qos = QoSProfile(depth=v.qos_depth, reliability=ReliabilityPolicy.BEST_EFFORT
-                         if v.qos_reliability == "best_effort" else ReliabilityPolicy.RELIABLE)
+        qos = qos_profile(v, "qos_", v.qos_depth)
         self.lidar_topic = lidar_topic
         self.types = {lidar_topic: POINTCLOUD2}
         self.infos: dict[str, tuple[str, bytes]] = {}
@@ -102,6 +102,10 @@ class RecordNode(Node):
         # Released pairs wait here (at most the sync timeout) for camera infos and label images.
         self.waiting: deque = deque()
         self.label_wait_ns = int(v.sync_timeout_ms * 1e6)
+        # Subscribed first: the executor serves ready subscriptions in creation order, and these small
+        # messages must not wait behind a backlog of sweeps and images.
+        if v.odometry_topic:
+            self.create_subscription(Odometry, v.odometry_topic, self.on_odometry, qos)
         self.create_subscription(PointCloud2, lidar_topic, self.on_cloud, qos, raw=True)
         for topic, name in self.cameras.items():
             compressed = topic.rstrip("/").endswith("/compressed")
@@ -118,8 +122,6 @@ class RecordNode(Node):
                 self.labels[name] = {}
                 self.create_subscription(Image, label_topic, functools.partial(self.on_label, name, label_topic),
                                          qos, raw=True)
-        if v.odometry_topic:
-            self.create_subscription(Odometry, v.odometry_topic, self.on_odometry, qos)
         self.status_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(0.05, self.on_poll)
         self.create_timer(1.0, self.publish_status)

@@ -34,7 +34,7 @@ from clip2scene_core.vocabulary import IGNORE, Vocabulary, VocabularyError, load
 
 from . import conversions
 from .msg import SegmentationInfo
-from .params import Param, declare_all
+from .params import Param, declare_all, qos_profile
 from .runner import run
 
 UNLABELLED = 65535
@@ -77,6 +77,8 @@ PARAMETERS = [
     Param("camera_offsets_ms", [], "per camera (same order), added to its stamps before pairing", read_only=True,
           item_type=float),
     Param("qos_reliability", "best_effort", "input QoS: best_effort (sensor data) or reliable", read_only=True),
+    Param("qos_durability", "volatile", "input QoS durability: volatile (sensor data) or transient_local (also receives what matched "
+          "publishers sent before this node matched them; they must be transient_local too)", read_only=True),
     Param("qos_depth", 5, "input queue depth", 1, 100, read_only=True),
     Param("publish_colored", True, "publish segmentation/colored for RViz (run time)"),
     Param("publish_overlay", False, "publish segmentation/overlay, a camera image (run time)"),
@@ -97,7 +99,7 @@ class SegmentNode(Node):
             v.overlay_camera
         self.budget_ms, self.input_timeout_s = v.processing_budget_ms, v.input_timeout_s
         checkpoint, config_file, teacher_name = v.checkpoint, v.config_file, v.teacher
-        camera_topics, offsets, reliability = v.camera_topics, v.camera_offsets_ms, v.qos_reliability
+        camera_topics, offsets = v.camera_topics, v.camera_offsets_ms
 
         config = load_config(config_file or None)
         self.device = resolve_device(v.device)
@@ -132,10 +134,7 @@ class SegmentNode(Node):
                                      offsets_by_camera, v.sync_timeout_ms if v.sync_timeout_ms > 0 else None,
                                      v.label_field)
 
-        if reliability not in ("best_effort", "reliable"):
-            raise ValueError(f"parameter qos_reliability: {reliability!r} is not best_effort or reliable")
-        qos = QoSProfile(depth=v.qos_depth, reliability=ReliabilityPolicy.BEST_EFFORT if reliability == "best_effort"
-                         else ReliabilityPolicy.RELIABLE)
+        qos = qos_profile(v, "qos_", v.qos_depth)
         self.create_subscription(PointCloud2, v.lidar_topic, self.on_cloud, qos)
         kind, _, argument = teacher_name.partition(":")
         label_images = argument if kind == "labels" and argument else "labels"

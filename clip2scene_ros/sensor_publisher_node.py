@@ -10,10 +10,12 @@ Run: python -m clip2scene_ros.sensor_publisher_node --ros-args -p source:=synthe
 
 from __future__ import annotations
 
+import time
+
 from geometry_msgs.msg import Point, Pose, PoseWithCovariance, Quaternion
 from nav_msgs.msg import Odometry
+from rclpy.duration import Duration
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from clip2scene_core import messages as conv
@@ -21,7 +23,7 @@ from clip2scene_core.data import open_source
 from clip2scene_core.data.rosbag2 import BagLayout, camera_namespace
 
 from . import conversions
-from .params import Param, declare_all
+from .params import Param, declare_all, qos_profile
 from .runner import run
 
 PARAMETERS = [
@@ -37,6 +39,8 @@ PARAMETERS = [
     Param("odometry_topic", "/odom", "nav_msgs/Odometry of the ego pose (world -> base_link); empty: none",
           read_only=True),
     Param("reliability", "reliable", "QoS reliability: reliable or best_effort", read_only=True),
+    Param("durability", "volatile", "QoS durability: volatile, or transient_local (the last 20 messages per topic "
+          "also go to transient_local subscribers that match late)", read_only=True),
     Param("wait_for_topics", [], "start playing once each of these of its topics has a subscriber (discovery "
           "is per topic: a consumer's LiDAR subscription can match before its camera or odometry ones)",
           read_only=True),
@@ -52,8 +56,7 @@ class SensorPublisher(Node):
         self.source_text, self.loop, self.restamp = v.source, v.loop, v.restamp
         self.publish_labels, self.exit_when_done = v.publish_labels, v.exit_when_done
         self.wait_for_subscribers, self.wait_for_topics = v.wait_for_subscribers, v.wait_for_topics
-        qos = QoSProfile(depth=20, reliability=ReliabilityPolicy.BEST_EFFORT if v.reliability == "best_effort"
-                         else ReliabilityPolicy.RELIABLE)
+        qos = qos_profile(v, "", 20)
         lidar_topic, odometry_topic, compressed, rate = v.lidar_topic, v.odometry_topic, v.compressed, v.rate_hz
 
         self.layout = BagLayout(lidar_topic=lidar_topic, compressed=compressed)
@@ -93,6 +96,10 @@ class SensorPublisher(Node):
                 self.timer.cancel()
                 self.get_logger().info(f"published {self.published} frames")
                 if self.exit_when_done:
+                    # Reliable: leave only once every matched reader has acknowledged everything (bounded).
+                    deadline = time.monotonic() + 10.0
+                    for publisher in self.publishers:
+                        publisher.wait_for_all_acked(Duration(seconds=max(0.0, deadline - time.monotonic())))
                     raise SystemExit(0)
                 return
             self.index = 0

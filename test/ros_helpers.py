@@ -44,17 +44,18 @@ def node_process(module: str, params_file: str | None = None, parameters: dict |
             log.close()
 
 
-def spin_until(node, predicate, timeout_s: float, what: str, processes=()) -> None:
-    """Spin node until predicate() holds; fail with `what` after timeout_s or when a process dies."""
+def spin_until(node, predicate, timeout_s: float, what, processes=()) -> None:
+    """Spin node until predicate() holds; fail with `what` (a string, or a callable giving one: the state
+    at the time) after timeout_s or when a process dies."""
     import rclpy
 
     deadline = time.monotonic() + timeout_s
     while not predicate():
         for process in processes:
             if process.poll() is not None and process.returncode not in (0,):
-                raise AssertionError(f"{what}: node process exited with {process.returncode}")
+                raise AssertionError(f"{what() if callable(what) else what}: node process exited with {process.returncode}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what() if callable(what) else what}")
         rclpy.spin_once(node, timeout_sec=0.05)
 
 

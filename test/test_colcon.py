@@ -29,7 +29,8 @@ def test_colcon_build_installs_package_interfaces_nodes_launch_and_config(tmp_pa
     if shutil.which("colcon", path=str(VENV / "bin")) is None:
         pytest.skip("colcon is not installed in this environment (make setup installs it)")
     source = tmp_path / "ws" / "src" / "clip2scene"
-    for name in package_files():
+    files = package_files()
+    for name in files:
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, source / name)
     env = dict(os.environ, AMENT_PREFIX_PATH=str(VENV), PATH=f"{VENV / 'bin'}:{os.environ['PATH']}")
@@ -48,8 +49,9 @@ def test_colcon_build_installs_package_interfaces_nodes_launch_and_config(tmp_pa
         installed = prefix / "lib" / "clip2scene_ros" / name.name
         assert installed.is_file() and os.access(installed, os.X_OK), installed
     for folder in ("launch", "config"):
-        expected = sorted(p.name for p in (ROOT / folder).iterdir() if p.is_file())
-        assert expected and sorted(p.name for p in (share / folder).iterdir()) == expected
+        expected = sorted(name.removeprefix(folder + "/") for name in files if name.startswith(folder + "/"))
+        installed = sorted(str(p.relative_to(share / folder)) for p in (share / folder).rglob("*") if p.is_file())
+        assert expected and installed == expected
     python_dir = Path(sysconfig.get_path("purelib", vars={"base": str(prefix)}))
     assert (python_dir / "clip2scene_ros" / "msg" / "_segmentation_info.py").is_file()
     assert (python_dir / "clip2scene_core" / "frame.py").is_file()

@@ -45,15 +45,22 @@ def test_stopping_leaves_a_complete_split_recording_that_trains_a_student(ros_no
     output = tmp_path / "recording"
     parameters = {"output_dir": str(output), "camera_topics": CAMERAS, "calibration_file": str(calibration),
                   "odometry_topic": "/odom", "record_label_images": True, "qos_reliability": "reliable",
-                  "split_size_mb": 2.0}  # about two pairs per part: the recording is split
+                  "qos_durability": "transient_local", "split_size_mb": 2.0}  # about two pairs per part: the recording is split
     with node_process("clip2scene_ros.record_node", "config/record_node.yaml", parameters,
                       tmp_path / "recorder.log") as recorder:
+        # Under load the recorder's readers can match after the publisher has sent (discovery is not
+        # symmetric): transient_local on both sides delivers those messages too. The publisher stays up
+        # until all is written, as a sensor driver would.
         with node_process("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
                           {"source": SOURCE, "rate_hz": 5.0, "wait_for_subscribers": 1, "restamp": False,
-                           "wait_for_topics": WAIT_FOR}, tmp_path / "publisher.log") as publisher:
-            spin_until(ros_node, lambda: publisher.poll() is not None, 120, "the drive to be played", [recorder])
-        spin_until(ros_node, lambda: diagnostics_value(statuses, "written_pairs") == 6
-                   and diagnostics_value(statuses, "odometry") == 6, 30, "every pair and pose written", [recorder])
+                           "wait_for_topics": WAIT_FOR, "exit_when_done": False,
+                           "durability": "transient_local"}, tmp_path / "publisher.log") \
+                as publisher:
+            spin_until(ros_node, lambda: diagnostics_value(statuses, "written_pairs") == 6
+                       and diagnostics_value(statuses, "odometry") == 6, 120,
+                       lambda: "every pair and pose written (recorder diagnostics: "
+                       f"{diagnostics_value(statuses, 'written_pairs')} pairs, "
+                       f"{diagnostics_value(statuses, 'odometry')} poses)", [recorder, publisher])
         recorder.send_signal(stop_signal)
         assert recorder.wait(timeout=30) == 0
     written = diagnostics_value(statuses, "written_pairs")
@@ -85,13 +92,13 @@ def test_stopping_leaves_a_complete_split_recording_that_trains_a_student(ros_no
 def test_a_full_disk_stops_cleanly_and_keeps_what_was_written(ros_node, calibration, tmp_path):
     output = tmp_path / "recording"
     parameters = {"output_dir": str(output), "camera_topics": CAMERAS, "calibration_file": str(calibration),
-                  "qos_reliability": "reliable", "reserve_mb": 1.0}
+                  "qos_reliability": "reliable", "qos_durability": "transient_local", "reserve_mb": 1.0}
     # Each pair is about 0.9 MB: a 3.5 MB file-size limit holds a couple of pairs plus the reserve.
     with node_process("clip2scene_ros.record_node", "config/record_node.yaml", parameters, tmp_path / "recorder.log",
                       file_size_limit=3_500_000) as recorder:
         with node_process("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
                           {"source": SOURCE, "rate_hz": 5.0, "wait_for_subscribers": 1, "restamp": False,
-                           "wait_for_topics": CAMERAS}):
+                           "wait_for_topics": CAMERAS, "durability": "transient_local"}):
             spin_until(ros_node, lambda: recorder.poll() is not None, 120, "the recorder to stop",
                        [])
     assert recorder.returncode == 1

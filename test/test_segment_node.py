@@ -33,7 +33,8 @@ def node_parameters(checkpoint, calibration, **overrides):
                   "camera_topics": "[/cam_front/image_raw/compressed,/cam_front_right/image_raw/compressed]",
                   "sync_timeout_ms": 500.0,
                   # Reliable: over shared memory alone, best-effort drops clouds this large (see README).
-                  "qos_reliability": "reliable"}
+                  # Transient-local (the publishers too): under load a reader can match after the first sends.
+                  "qos_reliability": "reliable", "qos_durability": "transient_local"}
     parameters.update(overrides)
     return parameters
 
@@ -51,13 +52,15 @@ def test_labelled_cloud_for_every_input_and_vocabulary_changes_at_run_time(ros_n
     ros_node.create_subscription(SegmentationInfo, "segmentation/info", infos.append, 20)
     with node_process("clip2scene_ros.segment_node", "config/segment_node.yaml",
                       node_parameters(checkpoint, calibration), tmp_path / "segmenter.log") as segmenter:
-        spin_until(ros_node, lambda: ros_node.count_publishers("segmentation/info") > 0, 60,
-                   "the segmenter's outputs", [segmenter])
+        spin_until(ros_node, lambda: all(ros_node.count_publishers(t) > 0 for t in ("segmentation/info",
+                                                                                       "segmentation/points")),
+                   60, "the segmenter's outputs", [segmenter])
         with node_process("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
                           {"source": SOURCE, "rate_hz": 5.0, "wait_for_subscribers": 1, "restamp": False,
-                           "wait_for_topics": WAIT_FOR},
+                           "wait_for_topics": WAIT_FOR, "durability": "transient_local"},
                           tmp_path / "publisher.log") as publisher:
-            spin_until(ros_node, lambda: len(infos) >= 3, 90, "three segmented sweeps", [segmenter, publisher])
+            spin_until(ros_node, lambda: len(infos) >= 3 and len(clouds) >= 3, 90, "three segmented sweeps",
+                       [segmenter, publisher])
             publisher.wait(timeout=30)
         frames = list(open_source(SOURCE))
         assert [conv.stamp_to_ns(c.header.stamp) for c in clouds[:3]] == [f.stamp_ns for f in frames]
@@ -83,7 +86,8 @@ def test_labelled_cloud_for_every_input_and_vocabulary_changes_at_run_time(ros_n
         assert not bad.result().results[0].successful  # rejected with a reason; the node keeps its vocabulary
         infos.clear()
         with node_process("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
-                          {"source": SOURCE, "rate_hz": 5.0, "wait_for_subscribers": 1, "wait_for_topics": WAIT_FOR},
+                          {"source": SOURCE, "rate_hz": 5.0, "wait_for_subscribers": 1, "wait_for_topics": WAIT_FOR,
+                           "durability": "transient_local"},
                           tmp_path / "publisher2.log"):
             spin_until(ros_node, lambda: len(infos) >= 1, 90, "a sweep with the new vocabulary", [segmenter])
         assert list(infos[-1].class_names) == ["road", "car", "tree"] and infos[-1].vocabulary == "parameters"
@@ -112,7 +116,9 @@ def test_malformed_messages_are_skipped_and_the_node_stays_up(ros_node, checkpoi
     with_nan = conversions.cloud_msg(conv.encode_cloud(np.full((10, 3), np.nan, np.float32)),
                                      conversions.header(5, "lidar"))
     with node_process("clip2scene_ros.segment_node", "config/segment_node.yaml",
-                      node_parameters(checkpoint, calibration, camera_topics="[]", processing_budget_ms=1.0),
+                      # Volatile, as this test's own publisher (a transient-local reader cannot match it).
+                      node_parameters(checkpoint, calibration, camera_topics="[]", processing_budget_ms=1.0,
+                                      qos_durability="volatile"),
                       tmp_path / "segmenter.log") as segmenter:
         spin_until(ros_node, lambda: publisher.get_subscription_count() > 0
                    and ros_node.count_publishers("segmentation/info") > 0, 60, "the segmenter", [segmenter])

@@ -11,17 +11,22 @@ pytestmark = pytest.mark.ros
 
 
 def test_publisher_plays_every_frame_over_dds(ros_node, tmp_path):
+    from rclpy.qos import DurabilityPolicy, QoSProfile
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+
+    # Transient-local on both sides: what is sent before a reader has matched its writer still arrives.
+    qos = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
     source_text = "synthetic:frames=3,seed=4,cameras=2,width=96,height=64"
     clouds, images, infos, labels = [], [], [], []
-    ros_node.create_subscription(PointCloud2, "/lidar/points", clouds.append, 10)
-    ros_node.create_subscription(CompressedImage, "/cam_front/image_raw/compressed", images.append, 10)
-    ros_node.create_subscription(CameraInfo, "/cam_front/camera_info", infos.append, 10)
-    ros_node.create_subscription(Image, "/cam_front/labels", labels.append, 10)
+    ros_node.create_subscription(PointCloud2, "/lidar/points", clouds.append, qos)
+    ros_node.create_subscription(CompressedImage, "/cam_front/image_raw/compressed", images.append, qos)
+    ros_node.create_subscription(CameraInfo, "/cam_front/camera_info", infos.append, qos)
+    ros_node.create_subscription(Image, "/cam_front/labels", labels.append, qos)
     with node_process("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
                       {"source": source_text, "rate_hz": 20.0, "wait_for_subscribers": 1, "restamp": False,
-                       "wait_for_topics": "[/cam_front/image_raw/compressed,/cam_front/camera_info,/cam_front/labels]"},
+                       "wait_for_topics": "[/cam_front/image_raw/compressed,/cam_front/camera_info,/cam_front/labels]",
+                       "durability": "transient_local"},
                       tmp_path / "publisher.log") as process:
         spin_until(ros_node, lambda: len(clouds) == 3 and len(labels) == 3, 60, "three frames", [process])
         process.wait(timeout=30)  # exit_when_done
