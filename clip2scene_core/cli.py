@@ -63,10 +63,9 @@ def _config(args):
 
 def _open_all(specs: list[str], teacher_name: str = "", **defaults):
     """Open sources; a labels:NAME teacher reads bag label images from <camera namespace>/NAME."""
-    kind, _, argument = teacher_name.partition(":")
-    if kind == "labels" and argument:
-        defaults["label_images"] = argument
-    return [open_source(spec, **defaults) for spec in specs]
+    from .teacher import label_images_name
+
+    return [open_source(spec, label_images=label_images_name(teacher_name), **defaults) for spec in specs]
 
 
 def _teacher(config, vocabulary, device):
@@ -104,7 +103,7 @@ def _segment(args) -> int:
 
     _mode(args)
     config = _config(args)
-    summary = segment_source(open_source(args.data), _segmenter(args, config), Path(args.out),
+    summary = segment_source(_open_all([args.data], config.teacher.name)[0], _segmenter(args, config), Path(args.out),
                              pictures=not args.no_pictures)
     print(f"{len(summary['frames'])} frames segmented ({args.mode}) into {args.out}")
     for name, count in summary["points_per_class"].items():
@@ -118,7 +117,7 @@ def _evaluate(args) -> int:
     _mode(args)
     config = _config(args)
     segmenter = _segmenter(args, config)
-    source = open_source(args.data)
+    source = _open_all([args.data], config.teacher.name)[0]
     evaluation, timings = evaluate_source(source, segmenter)
     print(evaluation.table())
     if args.out:
@@ -194,11 +193,12 @@ def to_plain(dataclass_value) -> dict:
 
 def _replay(args) -> int:
     from .replay import replay
+    from .teacher import label_images_name
 
     _mode(args)
     config = _config(args)
     report = replay(args.bag, _segmenter(args, config), realtime=args.realtime, out_bag=args.out_bag,
-                    slop_ms=args.slop_ms)
+                    slop_ms=args.slop_ms, label_images=label_images_name(config.teacher.name))
     print(report.table())
     if args.out:
         out = Path(args.out)

@@ -50,9 +50,11 @@ class ReplayReport:
 
 def replay(path: str | Path, segmenter: Segmenter, realtime: bool = False, out_bag: str | Path | None = None,
            slop_ms: float = 50.0, lidar: str | None = None, cameras: list[str] | None = None,
-           label_field: str = "label", progress: bool = True) -> ReplayReport:
-    """Replay the recording at path through segmenter (see the module docstring)."""
-    source = BagSource(str(path), lidar=lidar, cameras=cameras, label_field=label_field, slop_ms=slop_ms)
+           label_field: str = "label", label_images: str = "labels", progress: bool = True) -> ReplayReport:
+    """Replay the recording at path through segmenter (see the module docstring); label_images: the label-image
+    topic beside each camera_info (a labels:NAME teacher's NAME)."""
+    source = BagSource(str(path), lidar=lidar, cameras=cameras, label_field=label_field, label_images=label_images,
+                       slop_ms=slop_ms)
     names = {topic: source.camera_names[topic] for topic in source.usable_cameras}
     info_topics = {f"{camera_namespace(t).rstrip('/')}/camera_info": name for t, name in names.items()}
     label_topics = {f"{camera_namespace(t).rstrip('/')}/{source.label_images}": name for t, name in names.items()}

@@ -15,6 +15,8 @@ class covers are ignored in evaluation.
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +24,20 @@ import numpy as np
 import yaml
 
 IGNORE = -1
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "config" / "vocabularies"
+_SHARED = Path("share") / "clip2scene_ros" / "config" / "vocabularies"
+
+
+def _config_dir() -> Path:
+    """Where the shipped vocabularies are: this repository's config/ (a source tree or an editable install),
+    else the installed share folder of a colcon workspace (on AMENT_PREFIX_PATH) or of a pip install."""
+    candidates = [Path(__file__).resolve().parents[1] / "config" / "vocabularies"]
+    candidates += [Path(prefix) / _SHARED for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)
+                   if prefix]
+    candidates.append(Path(sys.prefix) / _SHARED)
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+CONFIG_DIR = _config_dir()
 _CLASS_KEYS = {"name", "prompts", "color", "ids"}
 
 

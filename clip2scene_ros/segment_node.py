@@ -30,6 +30,7 @@ from clip2scene_core.geometry import project
 from clip2scene_core.live import LivePipeline, LiveResult
 from clip2scene_core.render import draw_points, palette_colors
 from clip2scene_core.segmenter import MODES, Segmenter, resolve_device
+from clip2scene_core.teacher import label_images_name
 from clip2scene_core.vocabulary import IGNORE, Vocabulary, VocabularyError, load_vocabulary
 
 from . import conversions
@@ -84,7 +85,8 @@ PARAMETERS = [
     Param("publish_overlay", False, "publish segmentation/overlay, a camera image (run time)"),
     Param("overlay_camera", "", "camera drawn on the overlay, default the first (run time)"),
     Param("processing_budget_ms", 100.0, "diagnostics WARN above it, ERROR above twice it (run time)", 1.0, 10000.0),
-    Param("input_timeout_s", 1.0, "diagnostics ERROR when no cloud arrives this long (run time)", 0.1, 60.0),
+    Param("input_timeout_s", 1.0, "diagnostics ERROR when no cloud arrives this long, WARN when a camera sends no "
+          "image this long (run time)", 0.1, 60.0),
     Param("label_field", "label", "ground-truth label field of the input cloud, if any", read_only=True),
 ]
 
@@ -136,8 +138,7 @@ class SegmentNode(Node):
 
         qos = qos_profile(v, "qos_", v.qos_depth)
         self.create_subscription(PointCloud2, v.lidar_topic, self.on_cloud, qos)
-        kind, _, argument = teacher_name.partition(":")
-        label_images = argument if kind == "labels" and argument else "labels"
+        label_images = label_images_name(teacher_name)
         for topic, name in self.cameras.items():
             kind = CompressedImage if topic.rstrip("/").endswith("/compressed") else Image
             self.create_subscription(kind, topic, lambda msg, n=name: self.on_image(n, msg), qos)
@@ -146,8 +147,8 @@ class SegmentNode(Node):
                                      lambda msg, n=name: self.pipeline.add_camera_info(n, msg), qos)
             if teacher is not None and teacher.name in ("labels", "noisy"):
                 # The label-image teachers read a 2D segmenter's class-id images beside each camera.
-                self.create_subscription(Image, f"{namespace}/{label_images}", lambda msg, n=name: self._publish(
-                    self.pipeline.add_label_image(n, msg, self._now())), qos)
+                self.create_subscription(Image, f"{namespace}/{label_images}",
+                                         lambda msg, n=name: self.on_label_image(n, msg), qos)
         out = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
         self.points_pub = self.create_publisher(PointCloud2, "segmentation/points", out)
         self.colored_pub = self.create_publisher(PointCloud2, "segmentation/colored", out)
@@ -158,6 +159,7 @@ class SegmentNode(Node):
         self.create_timer(0.01, self.on_poll)
         self.create_timer(1.0, self.publish_diagnostics)
         self.last_cloud = time.monotonic()
+        self.last_image = {name: self.last_cloud for name in self.cameras.values()}
         self.last_latency_ms = 0.0
         self.warned: dict[str, float] = {}
         self.get_logger().info(f"{self.mode} mode on {v.lidar_topic} with {len(self.cameras)} cameras, vocabulary "
@@ -179,8 +181,13 @@ class SegmentNode(Node):
         self._publish(self.pipeline.add_cloud(msg, self._now()))
 
     def on_image(self, name: str, msg) -> None:
+        self.last_image[name] = time.monotonic()
         if self._wanted():
             self._publish(self.pipeline.add_image(name, msg, self._now()))
+
+    def on_label_image(self, name: str, msg: Image) -> None:
+        if self._wanted():
+            self._publish(self.pipeline.add_label_image(name, msg, self._now()))
 
     def on_poll(self) -> None:
         self._publish(self.pipeline.poll(self._now()))
@@ -230,8 +237,9 @@ class SegmentNode(Node):
             labels = np.where(segmentation.labels == IGNORE, UNLABELLED, segmentation.labels).astype(np.uint16)
             extra = {"label": labels, "score": segmentation.scores.astype(np.float32)}
             intensity = {"intensity": frame.fields["intensity"]} if "intensity" in frame.fields else {}
-            self.points_pub.publish(conversions.cloud_msg(conv.encode_cloud(frame.points, intensity, extra=extra),
-                                                          header))
+            if self.points_pub.get_subscription_count():
+                self.points_pub.publish(conversions.cloud_msg(conv.encode_cloud(frame.points, intensity, extra=extra),
+                                                              header))
             palette = {**self.vocabulary.palette, IGNORE: (0, 0, 0)}
             colors = palette_colors(segmentation.labels, palette)
             if self.publish_colored and self.colored_pub.get_subscription_count():
@@ -263,14 +271,20 @@ class SegmentNode(Node):
 
     def publish_diagnostics(self) -> None:
         stats = self.pipeline.stats
-        silent = time.monotonic() - self.last_cloud
-        level, message = DiagnosticStatus.OK, "ok"
+        now = time.monotonic()
+        silent = now - self.last_cloud
+        problems = []  # (level, what): the status takes the worst level and names every problem
         if silent > self.input_timeout_s:
-            level, message = DiagnosticStatus.ERROR, f"no cloud for {silent:.1f} s"
+            problems.append((DiagnosticStatus.ERROR, f"no cloud for {silent:.1f} s"))
         elif self.last_latency_ms > 2 * self.budget_ms:
-            level, message = DiagnosticStatus.ERROR, f"latency {self.last_latency_ms:.0f} ms > 2 x budget"
+            problems.append((DiagnosticStatus.ERROR, f"latency {self.last_latency_ms:.0f} ms > 2 x budget"))
         elif self.last_latency_ms > self.budget_ms:
-            level, message = DiagnosticStatus.WARN, f"latency {self.last_latency_ms:.0f} ms > budget"
+            problems.append((DiagnosticStatus.WARN, f"latency {self.last_latency_ms:.0f} ms > budget"))
+        for name, last in self.last_image.items():
+            if now - last > self.input_timeout_s:
+                problems.append((DiagnosticStatus.WARN, f"no image from {name} for {now - last:.1f} s"))
+        level = max((p[0] for p in problems), default=DiagnosticStatus.OK)
+        message = "; ".join(p[1] for p in problems) or "ok"
         values = {"mode": self.mode, "latency_ms": f"{self.last_latency_ms:.1f}", "budget_ms": f"{self.budget_ms:.1f}",
                   "clouds": stats.clouds, "processed": stats.processed, "skipped_clouds": stats.skipped_clouds,
                   "skipped_images": stats.skipped_images, "rejected_camera_infos": stats.rejected_infos,

@@ -9,8 +9,8 @@ import os
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
-from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+
+from clip2scene_ros.launching import node_from_params
 
 
 def generate_launch_description():
@@ -19,13 +19,9 @@ def generate_launch_description():
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "record_node.yaml"),
                               description="node parameters (YAML)"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
-        DeclareLaunchArgument("output_dir", default_value="recordings/run", description="new recording folder"),
-        DeclareLaunchArgument("calibration_file", default_value="", description="LiDAR/camera static transforms"),
+        DeclareLaunchArgument("output_dir", default_value="", description="new recording folder (empty: params file)"),
+        DeclareLaunchArgument("calibration_file", default_value="",
+                              description="LiDAR/camera static transforms (empty: params file)"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (bag playback)"),
-        Node(package="clip2scene_ros", executable="record_node", name="clip2scene_recorder",
-             namespace=LaunchConfiguration("namespace"), output="screen",
-             parameters=[LaunchConfiguration("params_file"),
-                         {"output_dir": LaunchConfiguration("output_dir"),
-                          "calibration_file": LaunchConfiguration("calibration_file"),
-                          "use_sim_time": LaunchConfiguration("use_sim_time")}]),
+        node_from_params("record_node", "clip2scene_recorder", ("output_dir", "calibration_file", "use_sim_time")),
     ])

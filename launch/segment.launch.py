@@ -4,7 +4,7 @@
         calibration_file:=/path/calibration.yaml mode:=student rviz:=true
 
 Parameters come from params_file (config/segment_node.yaml by default); the arguments below
-override the most common ones.
+override the most common ones when given (left empty, the params file's value stands).
 """
 
 import os
@@ -16,6 +16,8 @@ from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from clip2scene_ros.launching import node_from_params
+
 
 def generate_launch_description():
     share = get_package_share_directory("clip2scene_ros")
@@ -23,22 +25,18 @@ def generate_launch_description():
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "segment_node.yaml"),
                               description="node parameters (YAML)"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its outputs"),
-        DeclareLaunchArgument("mode", default_value="student", description="student, teacher or fusion"),
-        DeclareLaunchArgument("checkpoint", default_value="", description="student checkpoint (.pt)"),
-        DeclareLaunchArgument("calibration_file", default_value="", description="LiDAR/camera static transforms"),
-        DeclareLaunchArgument("vocabulary", default_value="nuscenes", description="vocabulary YAML or shipped name"),
+        DeclareLaunchArgument("mode", default_value="", description="student, teacher or fusion (empty: params file)"),
+        DeclareLaunchArgument("checkpoint", default_value="", description="student checkpoint (.pt; empty: params file)"),
+        DeclareLaunchArgument("calibration_file", default_value="",
+                              description="LiDAR/camera static transforms (empty: params file)"),
+        DeclareLaunchArgument("vocabulary", default_value="",
+                              description="vocabulary YAML or shipped name (empty: params file)"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (bag playback)"),
         DeclareLaunchArgument("rviz", default_value="false", description="start RViz with the shipped view"),
     ]
-    segmenter = Node(
-        package="clip2scene_ros", executable="segment_node", name="clip2scene_segmenter",
-        namespace=LaunchConfiguration("namespace"), output="screen",
-        parameters=[LaunchConfiguration("params_file"),
-                    {"mode": LaunchConfiguration("mode"), "checkpoint": LaunchConfiguration("checkpoint"),
-                     "calibration_file": LaunchConfiguration("calibration_file"),
-                     "vocabulary": LaunchConfiguration("vocabulary"),
-                     "use_sim_time": LaunchConfiguration("use_sim_time")}])
     rviz = Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
                 arguments=["-d", os.path.join(share, "config", "clip2scene.rviz")],
                 condition=IfCondition(LaunchConfiguration("rviz")))
+    segmenter = node_from_params("segment_node", "clip2scene_segmenter",
+                                 ("mode", "checkpoint", "calibration_file", "vocabulary", "use_sim_time"))
     return LaunchDescription(arguments + [segmenter, rviz])

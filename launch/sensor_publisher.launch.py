@@ -8,8 +8,8 @@ import os
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
-from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+
+from clip2scene_ros.launching import node_from_params
 
 
 def generate_launch_description():
@@ -17,12 +17,8 @@ def generate_launch_description():
     return LaunchDescription([
         DeclareLaunchArgument("params_file", default_value=default_params, description="node parameters (YAML)"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
-        DeclareLaunchArgument("source", default_value="synthetic:frames=40,seed=0,cameras=6",
-                              description="clip2scene data source string to play"),
+        DeclareLaunchArgument("source", default_value="", description="clip2scene data source string to play "
+                              "(empty: params file)"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock"),
-        Node(package="clip2scene_ros", executable="sensor_publisher_node", name="clip2scene_sensor_publisher",
-             namespace=LaunchConfiguration("namespace"), output="screen",
-             parameters=[LaunchConfiguration("params_file"),
-                         {"source": LaunchConfiguration("source"),
-                          "use_sim_time": LaunchConfiguration("use_sim_time")}]),
+        node_from_params("sensor_publisher_node", "clip2scene_sensor_publisher", ("source", "use_sim_time")),
     ])

@@ -72,6 +72,25 @@ def test_segment_and_evaluate_in_teacher_mode(tmp_path, bag, config, capsys):
         assert (tmp_path / "eval" / picture).is_file()
 
 
+def test_a_labels_teacher_reads_its_named_topic(tmp_path, config, capsys):
+    """--teacher labels:NAME takes the label images at <camera namespace>/NAME in segment, evaluate and replay."""
+    from clip2scene_core.data.rosbag2 import BagLayout, BagWriter
+
+    with BagWriter(tmp_path / "bag", layout=BagLayout(label_images="segmenter_2d")) as writer:
+        for frame in open_source(SCENE):
+            writer.write_frame(frame)
+    data = ["--data", f"bag:{tmp_path / 'bag'}", "--vocabulary", "nuscenes", "--config", str(config)]
+    assert main(["evaluate", "--mode", "teacher", "--teacher", "labels:segmenter_2d", *data,
+                 "--out", str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["in_view"]["miou"] > 0.7
+    assert main(["segment", "--mode", "teacher", "--teacher", "labels:segmenter_2d", *data,
+                 "--out", str(tmp_path / "seg"), "--no-pictures"]) == 0
+    assert np.load(tmp_path / "seg" / "frames" / "000000.npz")["seen"].any()
+    assert main(["replay", str(tmp_path / "bag"), "--mode", "teacher", "--teacher", "labels:segmenter_2d",
+                 "--vocabulary", "nuscenes", "--config", str(config), "--out", str(tmp_path / "replay")]) == 0
+    assert json.loads((tmp_path / "replay" / "replay.json").read_text())["in_view"]["miou"] > 0.7
+
+
 @pytest.mark.slow
 def test_pretrain_evaluate_finetune_on_a_bag(tmp_path, bag, config, capsys):
     out = tmp_path / "pretrain"

@@ -55,6 +55,7 @@ def test_colcon_build_installs_package_interfaces_nodes_launch_and_config(tmp_pa
     python_dir = Path(sysconfig.get_path("purelib", vars={"base": str(prefix)}))
     assert (python_dir / "clip2scene_ros" / "msg" / "_segmentation_info.py").is_file()
     assert (python_dir / "clip2scene_core" / "frame.py").is_file()
+    assert (python_dir / "clip2scene_core" / "data" / "nuscenes_splits.json").is_file()
 
     # The installed package is importable as a ROS user sources it: messages and core from the install.
     env.update(AMENT_PREFIX_PATH=f"{prefix}:{VENV}", PYTHONPATH=str(python_dir),
@@ -64,7 +65,9 @@ def test_colcon_build_installs_package_interfaces_nodes_launch_and_config(tmp_pa
              "from rclpy.serialization import serialize_message;"
              "msg = m.SegmentationInfo(mode=m.SegmentationInfo.MODE_FUSION, class_names=['car']);"
              "serialize_message(msg);"
-             "print(m.__file__); print(clip2scene_core.__file__);"
+             "from clip2scene_core.vocabulary import CONFIG_DIR, load_vocabulary;"
+             "assert len(load_vocabulary('nuscenes')) == 16;"  # shipped vocabularies by name, from share/
+             "print(m.__file__); print(clip2scene_core.__file__); print(CONFIG_DIR);"
              "print(a.get_package_share_directory('clip2scene_ros'))")
     result = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=120)

@@ -59,9 +59,19 @@ def test_launch_files(launch_file):
         assert f'"{argument}"' in text, f"{launch_file.name} lacks the {argument} argument"
 
 
-def test_launch_description_loads_where_launch_exists():
+def test_empty_launch_arguments_keep_the_params_file_values():
+    from clip2scene_ros.launching import launch_overrides
+
+    assert launch_overrides({"mode": "", "checkpoint": "/ckpt/last.pt", "vocabulary": "", "use_sim_time": "false"}) \
+        == {"checkpoint": "/ckpt/last.pt", "use_sim_time": False}
+    assert launch_overrides({"use_sim_time": "True", "output_dir": "runs/a"}) == {"use_sim_time": True,
+                                                                               "output_dir": "runs/a"}
+
+
+@pytest.mark.parametrize("launch_file", sorted((ROOT / "launch").glob("*.launch.py")), ids=lambda p: p.name)
+def test_launch_description_loads_where_launch_exists(launch_file):
     pytest.importorskip("launch_testing", reason="launch_testing is not installable from PyPI; the launch files "
                                                  "are exercised on a real ROS 2 install")
     import runpy
-    description = runpy.run_path(str(ROOT / "launch" / "segment.launch.py"))["generate_launch_description"]()
+    description = runpy.run_path(str(launch_file))["generate_launch_description"]()
     assert description.entities

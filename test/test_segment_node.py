@@ -117,8 +117,9 @@ def test_malformed_messages_are_skipped_and_the_node_stays_up(ros_node, checkpoi
                                      conversions.header(5, "lidar"))
     with node_process("clip2scene_ros.segment_node", "config/segment_node.yaml",
                       # Volatile, as this test's own publisher (a transient-local reader cannot match it).
-                      node_parameters(checkpoint, calibration, camera_topics="[]", processing_budget_ms=1.0,
-                                      qos_durability="volatile"),
+                      # One camera that never sends: the sweeps go without it, and the diagnostics say so.
+                      node_parameters(checkpoint, calibration, camera_topics="[/cam_front/image_raw/compressed]",
+                                      processing_budget_ms=1.0, qos_durability="volatile"),
                       tmp_path / "segmenter.log") as segmenter:
         spin_until(ros_node, lambda: publisher.get_subscription_count() > 0
                    and ros_node.count_publishers("segmentation/info") > 0, 60, "the segmenter", [segmenter])
@@ -141,6 +142,7 @@ def test_malformed_messages_are_skipped_and_the_node_stays_up(ros_node, checkpoi
             publisher.publish(good)
             spin_for(ros_node, 0.3)
         assert any(s.level == DiagnosticStatus.ERROR and "budget" in s.message for d in diagnostics for s in d.status)
+        assert any("no image from cam_front" in s.message for d in diagnostics for s in d.status)
         assert segmenter.poll() is None
     log = (tmp_path / "segmenter.log").read_text()
     assert "no z field" in log or "no x/y/z" in log or "no z" in log

@@ -111,7 +111,7 @@ class BagLayout:
     world_frame: str = "map"
     ego_frame: str = "base_link"
     compressed: bool = True           # cameras as jpeg CompressedImage (else raw rgb8 Image)
-    label_images: bool = True          # write Camera.label_image at <namespace>/labels
+    label_images: str = "labels"       # write Camera.label_image at <namespace>/<label_images> ("": not at all)
 
     def camera_topic(self, name: str) -> str:
         return f"/{name.lower()}/image_raw" + ("/compressed" if self.compressed else "")
@@ -208,7 +208,7 @@ class BagWriter:
         msg = types[CAMERA_INFO](header=header, binning_x=0, binning_y=0, roi=roi, **info)
         self.write_message(f"{namespace.rstrip('/')}/camera_info", CAMERA_INFO, camera.stamp_ns, msg)
         if layout.label_images and camera.label_image is not None:
-            self.write_message(f"{namespace.rstrip('/')}/labels", IMAGE, camera.stamp_ns,
+            self.write_message(f"{namespace.rstrip('/')}/{layout.label_images}", IMAGE, camera.stamp_ns,
                                _image_msg(header, camera.label_image))
 
 

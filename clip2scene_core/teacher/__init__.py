@@ -39,6 +39,13 @@ def make_text_encoder(kind: str, clip: ClipConfig, device="cpu", cache_dir=None)
     return ClipTextEncoder(model, clip.model, clip.weights_id, cache_dir=cache_dir)
 
 
+def label_images_name(spec: str) -> str:
+    """The label-image topic name (beside each camera's camera_info) a teacher reads: NAME for labels:NAME,
+    `labels` otherwise."""
+    kind, _, argument = spec.partition(":")
+    return argument.strip("/") if kind == "labels" and argument else "labels"
+
+
 def build_teacher(spec: str, vocabulary: Vocabulary, clip: ClipConfig | None = None, text_encoder: str = "auto",
                   device: str | torch.device = "cpu", seed: int = 0, text_cache_dir=None, strict: bool = True) -> Teacher:
     """A teacher from its name (see the module docstring). strict: a camera without a label image is an
@@ -55,7 +62,7 @@ def build_teacher(spec: str, vocabulary: Vocabulary, clip: ClipConfig | None = N
     if kind in ("labels", "noisy"):
         encoder = make_text_encoder(text_encoder, clip, device, text_cache_dir)
         if kind == "labels":
-            return LabelImageTeacher(vocabulary, encoder, topic=argument or "labels", strict=strict)
+            return LabelImageTeacher(vocabulary, encoder, topic=label_images_name(spec), strict=strict)
         try:
             rate = float(argument)
         except ValueError:
@@ -65,4 +72,4 @@ def build_teacher(spec: str, vocabulary: Vocabulary, clip: ClipConfig | None = N
 
 
 __all__ = ["ClipConfig", "ClipWeightsError", "PixelPredictions", "PointPredictions", "Teacher", "TeacherOutput",
-           "build_teacher", "make_text_encoder", "predict_points"]
+           "build_teacher", "label_images_name", "make_text_encoder", "predict_points"]
