@@ -68,4 +68,3 @@ def qos_profile(values: SimpleNamespace, prefix: str, depth: int) -> QoSProfile:
             raise ValueError(f"parameter {name}: {value!r} is not one of {', '.join(choices)}")
         policies[kind] = choices[value]
     return QoSProfile(depth=depth, **policies)
-
