@@ -33,7 +33,7 @@ def resolve_device(name: str) -> torch.device:
 @dataclass
 class Segmentation:
     """labels: (N,) int64 class index (IGNORE where no mode could label the point);
-    scores: (N,) float32 confidence in [0, 1]; seen: (N,) bool, seen by a camera;
+    scores: (N,) float32 confidence in [0, 1]; seen: (N,) bool, inside some camera's image (in every mode);
     timings_ms: milliseconds per stage."""
 
     labels: np.ndarray
@@ -89,8 +89,8 @@ class Segmenter:
                 output = self.teacher.predict(frame.cameras)
             with self._timed(timings, "projection"):
                 points = predict_points(output, frame.points, frame.cameras)
-            seen = points.seen
-            take = seen if self.mode == "teacher" else seen & (points.confidence > scores)
+            seen = points.in_view  # evaluated as in view even where the teacher gives no label
+            take = points.seen if self.mode == "teacher" else points.seen & (points.confidence > scores)
             labels, scores = labels.copy(), scores.copy()
             labels[take] = points.labels[take]
             scores[take] = points.confidence[take]

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clip2scene_core.frame import Camera
+from clip2scene_core.frame import Camera, Frame
+from clip2scene_core.segmenter import Segmenter
 from clip2scene_core.teacher import (ClipConfig, ClipWeightsError, PixelPredictions, TeacherOutput, build_teacher,
                                       predict_points)
 from clip2scene_core.teacher.clip_model import DenseClipEncoder, load_clip, resample_positional_embedding
@@ -235,6 +236,13 @@ def test_label_teacher_points_end_to_end():
     teacher = LabelImageTeacher(label_vocabulary(), HashTextEncoder(8))
     predictions = predict_points(teacher.predict([front]), np.array([[10.0, 0, 0], [-10, 0, 0]]), [front])
     assert predictions.labels.tolist() == [0, IGNORE] and predictions.seen.tolist() == [True, False]
+    # A raw id the vocabulary does not cover: in view, but unlabelled (and still an in-view point in evaluation).
+    unknown = camera("front", 40, 40, labels=np.full((40, 40), 99))
+    predictions = predict_points(teacher.predict([unknown]), np.array([[10.0, 0, 0], [-10, 0, 0]]), [unknown])
+    assert predictions.seen.tolist() == [False, False] and predictions.in_view.tolist() == [True, False]
+    frame = Frame(points=np.array([[10.0, 0, 0], [-10, 0, 0]], np.float32), stamp_ns=0, cameras=[unknown])
+    segmentation = Segmenter(label_vocabulary(), "teacher", teacher=teacher).segment(frame)
+    assert segmentation.labels.tolist() == [IGNORE, IGNORE] and segmentation.seen.tolist() == [True, False]
 
 
 def test_teacher_names(tiny, tmp_path):

@@ -71,12 +71,14 @@ class PointPredictions:
     confidence: (N,) float32, 0 where unlabelled.
     camera: (N,) int64 index of the camera whose prediction was taken, -1 where none.
     features: (N, D) float32 pixel features (zeros where unlabelled) when asked for, else None.
+    in_view: (N,) bool, inside some camera's image, labelled or not (the in-view points of evaluation).
     """
 
     labels: np.ndarray
     confidence: np.ndarray
     camera: np.ndarray
     features: torch.Tensor | None = None
+    in_view: np.ndarray | None = None
 
     @property
     def seen(self) -> np.ndarray:
@@ -90,9 +92,11 @@ def predict_points(output: TeacherOutput, points: np.ndarray, cameras: list[Came
     labels = np.full(n, IGNORE, dtype=np.int64)
     confidence = np.zeros(n, dtype=np.float32)
     chosen = np.full(n, -1, dtype=np.int64)
+    in_view = np.zeros(n, dtype=bool)
     features = None
     for index, camera in enumerate(cameras):
         projection = project(points, camera)
+        in_view |= projection.valid
         visible = np.flatnonzero(projection.valid)
         if len(visible) == 0:
             continue
@@ -109,5 +113,5 @@ def predict_points(output: TeacherOutput, points: np.ndarray, cameras: list[Came
                 features = torch.zeros(n, pixel.features.shape[1], dtype=torch.float32)
             features[torch.from_numpy(take)] = pixel.features[torch.from_numpy(better)].float().cpu()
     if with_features and features is None:
-        return PointPredictions(labels, confidence, chosen, torch.zeros(n, 0))
-    return PointPredictions(labels, confidence, chosen, features)
+        features = torch.zeros(n, 0)
+    return PointPredictions(labels, confidence, chosen, features, in_view)
