@@ -1,5 +1,7 @@
 """The CLIP teacher on a tiny CLIP loaded through the real open_clip loading code (no network)."""
 
+from pathlib import Path
+
 import numpy as np
 import open_clip
 import pytest
@@ -123,6 +125,17 @@ def test_text_embeddings_ensemble_85_templates_and_cache_per_class(model, tiny, 
     assert torch.equal(again[:2], embeddings[:2])
     fresh = ClipTextEncoder(model, TINY_MODEL, tiny.weights_id, cache_dir=tmp_path)
     assert torch.equal(fresh.embed(changed), again) and fresh.embedded_classes == 0
+
+
+def test_weights_of_the_same_name_and_size_do_not_share_cached_embeddings(tiny, tmp_path):
+    _, other = write_tiny_clip(tmp_path / "other", seed=1)  # also tiny.pt, of the same size
+    assert other.name == Path(tiny.pretrained).name and other.stat().st_size == Path(tiny.pretrained).stat().st_size
+    other_config = ClipConfig(model=TINY_MODEL, pretrained=str(other), model_config_dir=tiny.model_config_dir)
+    assert other_config.weights_id != tiny.weights_id
+    copied = tmp_path / "copy" / "tiny.pt"
+    copied.parent.mkdir()
+    copied.write_bytes(Path(tiny.pretrained).read_bytes())
+    assert ClipConfig(model=TINY_MODEL, pretrained=str(copied)).weights_id == tiny.weights_id
 
 
 @pytest.mark.parametrize("name", ["nuscenes", "semantickitti", "scannet"])

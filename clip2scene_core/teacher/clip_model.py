@@ -7,6 +7,8 @@ unless `allow_download` is true.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,11 +64,26 @@ class ClipConfig:
 
     @property
     def weights_id(self) -> str:
-        """Identifies the weights for caches and checkpoints: the tag, or the file's name and size (so a
-        checkpoint stays usable when the weights file is copied to another machine)."""
+        """Identifies the weights for caches and checkpoints: the tag, or the file's name, size and a digest
+        of its content (so the same file copied to another machine keeps its id, and two checkpoints that
+        share a name and size do not share cached text embeddings)."""
         if self.pretrained and Path(self.pretrained).is_file():
-            return f"file:{Path(self.pretrained).name}:{Path(self.pretrained).stat().st_size}"
+            path = Path(self.pretrained)
+            return f"file:{path.name}:{path.stat().st_size}:{_file_digest(path.resolve(), path.stat().st_mtime_ns)}"
         return f"tag:{self.pretrained}"
+
+
+@functools.lru_cache(maxsize=16)
+def _file_digest(path: Path, mtime_ns: int) -> str:
+    """sha256 of a file's first and last MiB (weights differ throughout; hashing GBs at start-up would not
+    pay), keyed by modification time so a rewritten file is hashed anew."""
+    chunk = 1 << 20
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        digest.update(file.read(chunk))
+        file.seek(max(0, path.stat().st_size - chunk))
+        digest.update(file.read(chunk))
+    return digest.hexdigest()[:16]
 
 
 def _cached_weight_file(tag_cfg: dict, cache_dir: str | None) -> tuple[str | None, list[str]]:
