@@ -53,6 +53,29 @@ def timed(function, repeats: int, warmup: int = 1, synchronize: bool = False) ->
             "mean_ms": statistics.fmean(samples), "runs": repeats}
 
 
+def reset_peak_memory(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_mb(device: str) -> float:
+    """CUDA: the allocator's peak since reset_peak_memory; CPU: the process's peak resident memory so far
+    (rows run smallest first, so each row's figure is the peak up to and including it)."""
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def in_fresh_process(function, *args):
+    """function(*args) in a new process (spawned), so that its peak memory is its own."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        return pool.apply(function, args)
+
+
 def write(name: str, rows: list[dict], extra: dict | None = None, out: Path | None = None) -> Path:
     """results/<name>.json with the machine and rows; prints the rows as a table."""
     path = (out or RESULTS) / f"{name}.json"

@@ -1,6 +1,7 @@
 """`make bench`: every benchmark under benchmarks/, one JSON each in benchmarks/results/, and one
 summary table. GPU rows appear when CUDA is present; otherwise each JSON says they were skipped.
     python benchmarks/run_all.py [--quick] [--skip ablation,...]
+    python benchmarks/run_all.py --summary      # only the table (and results/summary.md) from the latest JSON
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ def load(name: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def peak(row: dict) -> str:
+    return f", {row['peak_mb']:.0f} MB peak" if row.get("peak_mb") is not None else ""
+
+
 def summary() -> list[tuple[str, str, str]]:
     """(stage, figure, target) rows from the latest results."""
     rows = []
@@ -28,11 +33,11 @@ def summary() -> list[tuple[str, str, str]]:
     for row in teacher.get("rows", []):
         if row["crop"] == "224x416":
             rows.append((f"teacher {row['cameras']} camera(s) {row['crop']} {row['device']} {row['precision']}",
-                         f"{row['p50_ms']:.0f} ms", "H100 fp16, 6 cameras: <= 15 ms" if row["cameras"] == 6 else ""))
+                         f"{row['p50_ms']:.0f} ms{peak(row)}", "H100 fp16, 6 cameras: <= 15 ms" if row["cameras"] == 6 else ""))
     inference = load("student_inference")
     for row in inference.get("rows", []):
         rows.append((f"student {row['preset']} {row['points'] // 1000}k points {row['device']} {row['precision']}",
-                     f"{row['p50_ms']:.0f} ms", "H100: <= 15 ms at 35k, <= 30 ms at 120k (end to end)"
+                     f"{row['p50_ms']:.0f} ms{peak(row)}", "H100: <= 15 ms at 35k, <= 30 ms at 120k (end to end)"
                      if row["device"] == "cuda" and row["points"] in (35_000, 120_000) else ""))
     for key, exponent in inference.get("scaling_exponent", {}).items():
         rows.append((f"student scaling exponent {key}", f"{exponent:.2f}", "CPU: <= 1.1"))
@@ -60,6 +65,24 @@ def summary() -> list[tuple[str, str, str]]:
     return rows
 
 
+def markdown(rows) -> str:
+    """The same rows as a Markdown table (results/summary.md, pasted into the README)."""
+    lines = ["| stage | figure | target |", "|---|---|---|"]
+    return "\n".join(lines + [f"| {stage} | {figure} | {target} |" for stage, figure, target in rows])
+
+
+def machines() -> str:
+    """Where the latest results ran, one line per distinct machine."""
+    seen = {}
+    for path in sorted((HERE / "results").glob("*.json")):
+        result = json.loads(path.read_text())
+        m = result.get("machine", {})
+        key = (f"{m.get('cpu')}, {m.get('cores')} cores, GPU {m.get('gpu') or 'none'}, torch {m.get('torch')}, "
+               f"spconv {m.get('spconv')}")
+        seen.setdefault(key, []).append(f"{result['benchmark']} ({result.get('date', '?')})")
+    return "\n".join(f"- {key}: {', '.join(names)}" for key, names in seen.items())
+
+
 def table(rows) -> str:
     widths = [max(len(r[i]) for r in rows + [("stage", "figure", "target")]) for i in range(3)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(("stage", "figure", "target"), widths)),
@@ -72,8 +95,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test of every benchmark)")
     parser.add_argument("--skip", default="", help="comma-separated benchmarks to leave out")
+    parser.add_argument("--summary", action="store_true", help="run nothing: the table from the latest results")
     args = parser.parse_args()
-    skipped = set(filter(None, args.skip.split(",")))
+    skipped = set(BENCHMARKS) if args.summary else set(filter(None, args.skip.split(",")))
     for name in BENCHMARKS:
         if name in skipped:
             continue
@@ -83,7 +107,10 @@ def main() -> None:
         if subprocess.run(command).returncode:
             raise SystemExit(f"benchmark {name} failed")
         print(f"=== {name} took {time.monotonic() - started:.0f} s", flush=True)
-    print("\n" + table(summary()))
+    rows = summary()
+    (HERE / "results" / "summary.md").write_text(markdown(rows) + "\n\nMachines:\n" + machines() + "\n")
+    print("\n" + table(rows))
+    print("\nmachines:\n" + machines())
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ Scans are synthetic-world sweeps tiled to the wanted point count (real LiDAR-lik
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import timed, write  # noqa: E402
+from common import in_fresh_process, peak_memory_mb, reset_peak_memory, timed, write  # noqa: E402
 
 from clip2scene_core.data import open_source  # noqa: E402
 from clip2scene_core.student.network import Student, StudentConfig, make_batch  # noqa: E402
@@ -47,9 +46,11 @@ def inference_rows(counts: list[int], preset: str, repeats: int) -> list[dict]:
                     batch = make_batch([(points, None)], network.config.voxel_size_m).to(device)
                     network(batch)
 
+            reset_peak_memory(device)
             result = timed(step, repeats=repeats, synchronize=device == "cuda")
             rows.append({"device": device, "precision": "fp16" if dtype == torch.float16 else "fp32",
-                         "preset": preset, "points": count, "p50_ms": result["p50_ms"], "p95_ms": result["p95_ms"]})
+                         "preset": preset, "points": count, "p50_ms": result["p50_ms"], "p95_ms": result["p95_ms"],
+                         "peak_mb": peak_memory_mb(device)})
     return rows
 
 
@@ -57,15 +58,6 @@ def scaling_exponent(rows: list[dict], device: str, precision: str) -> float:
     """Slope of log(latency) against log(points): 1.0 is linear."""
     chosen = [r for r in rows if r["device"] == device and r["precision"] == precision]
     return float(np.polyfit(np.log([r["points"] for r in chosen]), np.log([r["p50_ms"] for r in chosen]), 1)[0])
-
-
-def training_rows(presets: list[str], steps: int) -> list[dict]:
-    """Scans per second and peak memory per preset, each measured in a fresh process so that the peak
-    resident memory (CPU) or allocator peak (CUDA) is that preset's own."""
-    import multiprocessing
-
-    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
-        return [pool.apply(training_row, (preset, steps)) for preset in presets]
 
 
 def training_row(preset: str, steps: int) -> dict:
@@ -76,8 +68,7 @@ def training_row(preset: str, steps: int) -> dict:
     config = TrainConfig(epochs=1, batch_size=2, sweeps=3, max_paired=0, optimizer="adamw", lr=1e-3)
     trainer = Pretrainer([frames], teacher, StudentConfig(preset=preset), config, Path("build/bench_train"), device,
                          progress=False)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory(device.type)
 
     def step(positions):
         loss = trainer._losses(trainer._samples(0, positions), 0, positions)["loss"]
@@ -88,8 +79,7 @@ def training_row(preset: str, steps: int) -> dict:
     step([0, 1])  # warm-up
     seconds = [timed(lambda: step([(2 * k) % 4, (2 * k + 1) % 4]), repeats=1, warmup=0,
                      synchronize=device.type == "cuda")["p50_ms"] / 1e3 for k in range(steps)]
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak = peak_memory_mb(device.type)
     return {"device": device.type, "preset": preset, "points_per_scan": int(np.mean([len(f) for f in frames])),
             "sweeps": 3, "scans_per_s": 2 / float(np.median(seconds)), "peak_memory_mb": peak,
             "parameters_m": sum(p.numel() for p in trainer.student.parameters()) / 1e6}
@@ -100,9 +90,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats, small preset only")
     args = parser.parse_args()
     counts = [5_000, 35_000, 120_000, 250_000]
-    inference = inference_rows(counts, "small", repeats=2 if args.quick else 5)
+    # Each preset (and each training run) in a fresh process: its peak memory is its own.
+    inference = in_fresh_process(inference_rows, counts, "small", 2 if args.quick else 5)
     if not args.quick:
-        inference += inference_rows(counts, "paper", repeats=3)
+        inference += in_fresh_process(inference_rows, counts, "paper", 3)
     exponents = {f"{r['device']}/{r['precision']}/{r['preset']}": None for r in inference}
     for key in exponents:
         device, precision, preset = key.split("/")
@@ -110,7 +101,8 @@ def main() -> None:
         exponents[key] = scaling_exponent(rows, device, precision)
     write("student_inference", inference, {"scaling_exponent": exponents,
                                            "note": "" if torch.cuda.is_available() else "CUDA not available"})
-    write("training", training_rows(["small"] if args.quick else ["small", "paper"], steps=2 if args.quick else 4),
+    write("training", [in_fresh_process(training_row, preset, 2 if args.quick else 4)
+                       for preset in (["small"] if args.quick else ["small", "paper"])],
           {"note": "noisy teacher, 6 cameras, batch 2, 3 sweeps per sample, AdamW"})
 
 

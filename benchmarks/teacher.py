@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import timed, write  # noqa: E402
+from common import peak_memory_mb, reset_peak_memory, timed, write  # noqa: E402
 
 from clip2scene_core.teacher.clip_model import DenseClipEncoder, load_clip, ClipConfig  # noqa: E402
 from clip2scene_core.teacher.maskclip import preprocess  # noqa: E402
@@ -37,11 +37,13 @@ def run(repeats: int, quick: bool) -> list[dict]:
                         x, _ = preprocess(images, crop, "stretch", mean, std, device)
                         encoder(x.to(dtype))
 
+                reset_peak_memory(device)
                 result = timed(step, repeats=repeats if device == "cuda" else max(1, repeats), warmup=1,
                                synchronize=device == "cuda")
                 rows.append({"device": device, "precision": "fp16" if dtype == torch.float16 else "fp32",
                              "crop": f"{crop[0]}x{crop[1]}", "cameras": cameras, "p50_ms": result["p50_ms"],
-                             "p95_ms": result["p95_ms"], "per_camera_ms": result["p50_ms"] / cameras})
+                             "p95_ms": result["p95_ms"], "per_camera_ms": result["p50_ms"] / cameras,
+                             "peak_mb": peak_memory_mb(device)})
     return rows
 
 
