@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,6 +48,12 @@ def drive(seed: int, frames: int, sweeps: int, size: str) -> list:
     return rendered
 
 
+def per_class_iou(evaluation, vocabulary) -> dict[str, float | None]:
+    """IoU (%) per class over all points (None where a class is absent from both truth and prediction)."""
+    return {name: None if np.isnan(iou) else round(100 * float(iou), 1)
+            for name, iou in zip(vocabulary.names, evaluation.all_points.iou())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-drives", type=int, default=2)
@@ -74,6 +81,7 @@ def main() -> None:
     evaluation, _ = evaluate_source(test, Segmenter(vocabulary, "teacher", teacher=teacher), progress=False)
     rows = [{"row": "teacher projection", "miou_all": 100 * evaluation.all_points.miou(),
              "miou_in_view": 100 * evaluation.in_view.miou(), "train_s": 0.0}]
+    per_class = {"teacher projection": per_class_iou(evaluation, vocabulary)}
     print(rows[-1])
     chosen = [ROWS[int(i)] for i in args.rows.split(",")] if args.rows else ROWS
     for name, settings in chosen:
@@ -89,8 +97,9 @@ def main() -> None:
         rows.append({"row": name, "miou_all": 100 * evaluation.all_points.miou(),
                      "miou_in_view": 100 * evaluation.in_view.miou(), "final_loss": history[-1]["loss"],
                      "train_s": time.perf_counter() - started})
+        per_class[name] = per_class_iou(evaluation, vocabulary)
         print(rows[-1], flush=True)
-    write("ablation", rows, {"settings": vars(args), "teacher": f"noisy:{args.noise} (hash text embeddings)",
+    write("ablation", rows, {"settings": vars(args), "per_class_iou_all_points": per_class, "teacher": f"noisy:{args.noise} (hash text embeddings)",
                              "world": f"synthetic, {size}, 6 cameras; train seeds 0..{args.train_drives - 1}, "
                                       f"held-out seeds 100..{99 + args.test_drives}"})
 

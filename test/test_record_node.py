@@ -1,6 +1,8 @@
 """The recorder as its own process: pairs recorded from DDS read back completely after SIGTERM, train a
-student, and a full disk (a file-size limit) stops it cleanly with what was written still readable."""
+student; SIGINT or SIGTERM while sensors still stream keeps every pair it wrote; a full disk (a file-size
+limit) stops it cleanly with what was written still readable."""
 
+import re
 import signal
 
 import numpy as np
@@ -35,9 +37,7 @@ def diagnostics_value(messages, key: str) -> int:
     return values[-1] if values else 0
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
-def test_stopping_leaves_a_complete_split_recording_that_trains_a_student(ros_node, calibration, tmp_path,
-                                                                           stop_signal):
+def test_stopping_leaves_a_complete_split_recording_that_trains_a_student(ros_node, calibration, tmp_path):
     from diagnostic_msgs.msg import DiagnosticArray
 
     statuses = []
@@ -61,7 +61,7 @@ def test_stopping_leaves_a_complete_split_recording_that_trains_a_student(ros_no
                        lambda: "every pair and pose written (recorder diagnostics: "
                        f"{diagnostics_value(statuses, 'written_pairs')} pairs, "
                        f"{diagnostics_value(statuses, 'odometry')} poses)", [recorder, publisher])
-        recorder.send_signal(stop_signal)
+        recorder.send_signal(signal.SIGTERM)
         assert recorder.wait(timeout=30) == 0
     written = diagnostics_value(statuses, "written_pairs")
     assert len(list(output.glob("part_*/metadata.yaml"))) >= 2
@@ -78,8 +78,6 @@ def test_stopping_leaves_a_complete_split_recording_that_trains_a_student(ros_no
         assert np.allclose(frame.ego_pose, original.ego_pose, atol=1e-6)  # odometry, written as /tf
     assert len(recorded[len(recorded) - 1].sweeps) == 1
 
-    if stop_signal == signal.SIGINT:
-        return  # training on the recording is shown once, after SIGTERM
     vocabulary = load_vocabulary("nuscenes")
     teacher = build_teacher("noisy:0.1", vocabulary, text_encoder="hash")
     trainer = Pretrainer([recorded], teacher, StudentConfig(preset="tiny"),
@@ -87,6 +85,33 @@ def test_stopping_leaves_a_complete_split_recording_that_trains_a_student(ros_no
                          tmp_path / "student", torch.device("cpu"), progress=False)
     history = trainer.run()
     assert (tmp_path / "student" / "checkpoints" / "last.pt").is_file() and np.isfinite(history[0]["loss"])
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_while_sensors_stream_keeps_every_written_pair(ros_node, calibration, tmp_path, stop_signal):
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    statuses = []
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics", statuses.append, 50)
+    output = tmp_path / "recording"
+    parameters = {"output_dir": str(output), "camera_topics": CAMERAS, "calibration_file": str(calibration),
+                  "qos_reliability": "reliable", "qos_durability": "transient_local", "split_size_mb": 2.0}
+    with node_process("clip2scene_ros.record_node", "config/record_node.yaml", parameters,
+                      tmp_path / "recorder.log") as recorder:
+        with node_process("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
+                          {"source": SOURCE, "rate_hz": 10.0, "loop": True, "wait_for_subscribers": 1,
+                           "wait_for_topics": CAMERAS, "durability": "transient_local"}, tmp_path / "publisher.log"):
+            spin_until(ros_node, lambda: diagnostics_value(statuses, "written_pairs") >= 3, 120,
+                       "a few pairs written", [recorder])
+            recorder.send_signal(stop_signal)  # the sensors go on streaming
+            assert recorder.wait(timeout=30) == 0
+    closed = re.search(r"closed .*: (\d+) pairs written", (tmp_path / "recorder.log").read_text())
+    assert closed, "the recorder did not log how many pairs it closed the recording with"
+    recorded = open_source(f"bag:{output}")
+    assert len(recorded) == int(closed.group(1)) >= 3  # every pair it wrote reads back
+    drive = [frame.points for frame in open_source(SOURCE)]
+    for frame in recorded:
+        assert len(frame.cameras) == 2 and any(np.array_equal(frame.points, points) for points in drive)
 
 
 def test_a_full_disk_stops_cleanly_and_keeps_what_was_written(ros_node, calibration, tmp_path):

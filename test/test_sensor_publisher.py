@@ -28,7 +28,9 @@ def test_publisher_plays_every_frame_over_dds(ros_node, tmp_path):
                        "wait_for_topics": "[/cam_front/image_raw/compressed,/cam_front/camera_info,/cam_front/labels]",
                        "durability": "transient_local"},
                       tmp_path / "publisher.log") as process:
-        spin_until(ros_node, lambda: len(clouds) == 3 and len(labels) == 3, 60, "three frames", [process])
+        spin_until(ros_node, lambda: all(len(messages) == 3 for messages in (clouds, images, infos, labels)), 60,
+                   lambda: f"three frames on every topic (got {len(clouds)} clouds, {len(images)} images, "
+                   f"{len(infos)} camera infos, {len(labels)} label images)", [process])
         process.wait(timeout=30)  # exit_when_done
     assert process.returncode == 0
     frames = list(open_source(source_text))
