@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import array
+
 import numpy as np
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
@@ -11,26 +13,35 @@ from clip2scene_core import messages as conv
 from clip2scene_core.frame import Camera
 
 
+def with_data(message_type, data: np.ndarray, **fields):
+    """A message whose uint8[] `data` is set in one copy: with check_fields the setter keeps an
+    array.array('B') as it is, where otherwise the constructor and the setter each copy it again."""
+    values = array.array("B")
+    values.frombytes(np.ascontiguousarray(data).view(np.uint8).reshape(-1))
+    msg = message_type(check_fields=True, **fields)
+    msg.data = values
+    return msg
+
+
 def header(stamp_ns: int, frame_id: str) -> Header:
     sec, nanosec = conv.ns_to_sec_nanosec(stamp_ns)
     return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id)
 
 
 def cloud_msg(layout: conv.CloudLayout, msg_header: Header) -> PointCloud2:
-    return PointCloud2(header=msg_header, height=1, width=layout.width,
-                       fields=[PointField(name=n, offset=o, datatype=d, count=c) for n, o, d, c in layout.fields],
-                       is_bigendian=False, point_step=layout.point_step, row_step=layout.point_step * layout.width,
-                       data=layout.data.tobytes(), is_dense=True)
+    return with_data(PointCloud2, layout.data, header=msg_header, height=1, width=layout.width, is_bigendian=False,
+                     fields=[PointField(name=n, offset=o, datatype=d, count=c) for n, o, d, c in layout.fields],
+                     point_step=layout.point_step, row_step=layout.point_step * layout.width, is_dense=True)
 
 
-def image_msg(array: np.ndarray, msg_header: Header) -> Image:
-    image = conv.encode_image(array)
-    return Image(header=msg_header, height=image.height, width=image.width, encoding=image.encoding,
-                 is_bigendian=0, step=image.step, data=image.data.tobytes())
+def image_msg(pixels: np.ndarray, msg_header: Header) -> Image:
+    image = conv.encode_image(pixels)
+    return with_data(Image, image.data, header=msg_header, height=image.height, width=image.width,
+                     encoding=image.encoding, is_bigendian=0, step=image.step)
 
 
-def compressed_msg(array: np.ndarray, msg_header: Header) -> CompressedImage:
-    return CompressedImage(header=msg_header, format="jpeg", data=conv.encode_jpeg(array).tobytes())
+def compressed_msg(pixels: np.ndarray, msg_header: Header) -> CompressedImage:
+    return with_data(CompressedImage, conv.encode_jpeg(pixels), header=msg_header, format="jpeg")
 
 
 def camera_info_msg(camera: Camera, msg_header: Header) -> CameraInfo:
