@@ -121,8 +121,10 @@ def run(out: Path, frames: int, epochs: int, teacher: str, clip_weights: str | N
                       {"source": train_drive, "rate_hz": 5.0, **player,
                        "wait_for_topics": "[" + ",".join(recorder_topics) + "]"},
                       out / "logs" / "publisher.log")
+    # Every frame accounted for (written or dropped) and every ego pose written: odometry is its own topic.
     spin_until(node, lambda: sum(int(recorder_counts.get(k, 0)) for k in ("written_pairs", "dropped_pairs"))
-               >= frames, 600, [recorder, publisher], "recording every played frame")
+               >= frames and int(recorder_counts.get("odometry", 0)) >= frames, 600, [recorder, publisher],
+               "recording every played frame and pose")
     stop(publisher)
     if stop(recorder):
         raise SystemExit("demo: the recorder failed; see logs/recorder.log")

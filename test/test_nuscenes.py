@@ -25,6 +25,7 @@ from nuscenes_tree import (
     sample_data_record,
 )
 
+from clip2scene_core.cli import main
 from clip2scene_core.data import SourceError, open_source
 from clip2scene_core.data.nuscenes import CAMERA_CHANNELS, NuScenes, official_splits, quaternion_matrix
 from clip2scene_core.geometry import aggregate_sweeps, invert, transform_points
@@ -91,6 +92,14 @@ def test_points_and_fields_are_the_real_scan(tree, keyframe):
     assert frame.fields["ring"].max() == 31  # 32-beam HDL-32E
     np.testing.assert_array_equal(frame.labels, truth["labels"])
     assert NuScenes(str(root)).label_names[5] == "class.5"  # category.json's `index` numbers the classes
+
+
+def test_inspect(tree, capsys):
+    root, _ = tree
+    assert main(["inspect", f"nuscenes:{root}?version=v1.0-mini", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["kind"] == "nuscenes" and summary["frames"] == 2 and len(summary["cameras"]) == 6
+    assert all(camera["points_in_view"] > 0 for camera in summary["cameras"])
 
 
 def test_split_selection_and_order(tree):

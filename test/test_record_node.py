@@ -87,15 +87,16 @@ def test_stopping_leaves_a_complete_split_recording_that_trains_a_student(ros_no
     assert (tmp_path / "student" / "checkpoints" / "last.pt").is_file() and np.isfinite(history[0]["loss"])
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
-def test_a_stop_while_sensors_stream_keeps_every_written_pair(ros_node, calibration, tmp_path, stop_signal):
+@pytest.mark.parametrize("stop_signal, split", [(signal.SIGINT, {"split_size_mb": 2.0}),
+                                                (signal.SIGTERM, {"split_duration_s": 0.25})], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_while_sensors_stream_keeps_every_written_pair(ros_node, calibration, tmp_path, stop_signal, split):
     from diagnostic_msgs.msg import DiagnosticArray
 
     statuses = []
     ros_node.create_subscription(DiagnosticArray, "/diagnostics", statuses.append, 50)
     output = tmp_path / "recording"
     parameters = {"output_dir": str(output), "camera_topics": CAMERAS, "calibration_file": str(calibration),
-                  "qos_reliability": "reliable", "qos_durability": "transient_local", "split_size_mb": 2.0}
+                  "qos_reliability": "reliable", "qos_durability": "transient_local", **split}
     with node_process("clip2scene_ros.record_node", "config/record_node.yaml", parameters,
                       tmp_path / "recorder.log") as recorder:
         with node_process("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
@@ -107,6 +108,7 @@ def test_a_stop_while_sensors_stream_keeps_every_written_pair(ros_node, calibrat
             assert recorder.wait(timeout=30) == 0
     closed = re.search(r"closed .*: (\d+) pairs written", (tmp_path / "recorder.log").read_text())
     assert closed, "the recorder did not log how many pairs it closed the recording with"
+    assert len(list(output.glob("part_*/metadata.yaml"))) >= 2  # split by size or by duration
     recorded = open_source(f"bag:{output}")
     assert len(recorded) == int(closed.group(1)) >= 3  # every pair it wrote reads back
     drive = [frame.points for frame in open_source(SOURCE)]

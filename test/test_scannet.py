@@ -6,6 +6,7 @@ in front of every point with world x < 0, so which points a camera may pair with
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clip2scene_core.cli import main
 from clip2scene_core.data import SourceError, open_source
 from clip2scene_core.data.scannet import NYU40_NAMES, ScanNet, read_ply_vertices
 from clip2scene_core.geometry import project
@@ -189,6 +191,13 @@ def test_mmdet3d_layout(mmdet3d_tree, sample):
     np.testing.assert_array_equal(frame.lidar_to_ego, np.eye(4))
     _check_cameras(frame, seen)
     assert source.label_names[labels.max()] == "otherprop"
+
+
+def test_inspect(mmdet3d_tree, capsys):
+    root, _ = mmdet3d_tree
+    assert main(["inspect", f"scannet:{root}?scenes=scene0000_00", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["kind"] == "scannet" and summary["frames"] == 1 and summary["points_min"] == 100
 
 
 def test_official_layout_with_ply(official_tree, sample):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clip2scene_core.cli import main
 from clip2scene_core.data import SourceError, open_source
 from clip2scene_core.data.semantickitti import LABEL_NAMES, SemanticKitti
 from clip2scene_core.geometry import aggregate_sweeps, invert, project, transform_points
@@ -129,6 +131,13 @@ def test_poses_times_and_camera(tree):
     in_front = homogeneous[:, 2] > 1.0
     projection = project(points, camera)
     np.testing.assert_allclose(projection.uv[in_front], homogeneous[in_front, :2] / homogeneous[in_front, 2:], atol=1e-3)
+
+
+def test_inspect(shared_data, capsys):
+    assert main(["inspect", f"semantickitti:{shared_data / 'semantickitti_seq00'}?sequences=00", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["kind"] == "semantickitti" and summary["frames"] == 1 and summary["points_min"] == 123389
+    assert any(key.startswith("40") for key in summary["labels"])  # raw id 40, road
 
 
 def test_sweeps_are_previous_scans_aligned_by_pose(tree):
