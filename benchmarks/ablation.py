@@ -99,7 +99,8 @@ def main() -> None:
                      "train_s": time.perf_counter() - started})
         per_class[name] = per_class_iou(evaluation, vocabulary)
         print(rows[-1], flush=True)
-    write("ablation", rows, {"settings": vars(args), "per_class_iou_all_points": per_class, "teacher": f"noisy:{args.noise} (hash text embeddings)",
+    write("ablation", rows, {"settings": vars(args), "per_class_iou_all_points": per_class,
+                             "teacher": f"noisy:{args.noise} (hash text embeddings)",
                              "world": f"synthetic, {size}, 6 cameras; train seeds 0..{args.train_drives - 1}, "
                                       f"held-out seeds 100..{99 + args.test_drives}"})
 

@@ -110,7 +110,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         row, samples = soak(600 if args.quick else args.messages, args.rate, args.points, Path(folder))
     write("soak", [row], {"note": "segmentation node, student mode (tiny preset), LiDAR only; slope fitted over "
-                                  "the second half of the samples", "rss_samples": [[i, round(m, 1)] for i, m in samples]},
+                                  "the second half of the samples",
+                          "rss_samples": [[i, round(m, 1)] for i, m in samples]},
           out=Path(args.out) if args.out else RESULTS)
 
 

@@ -103,8 +103,8 @@ def _segment(args) -> int:
 
     _mode(args)
     config = _config(args)
-    summary = segment_source(_open_all([args.data], config.teacher.name)[0], _segmenter(args, config), Path(args.out),
-                             pictures=not args.no_pictures)
+    source = _open_all([args.data], config.teacher.name)[0]
+    summary = segment_source(source, _segmenter(args, config), Path(args.out), pictures=not args.no_pictures)
     print(f"{len(summary['frames'])} frames segmented ({args.mode}) into {args.out}")
     for name, count in summary["points_per_class"].items():
         print(f"  {name:<24} {count:>10}")

@@ -58,7 +58,8 @@ def spin_until(node, condition, timeout: float, processes: list[subprocess.Popen
         if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
             for process in processes:
                 stop(process)
-            raise SystemExit(f"demo: {what} did not happen within {timeout:.0f} s; see the logs in the output folder")
+            raise SystemExit(f"demo: {what} did not happen (a node ended, or {timeout:.0f} s passed); see the logs in "
+                             "the output folder")
         rclpy.spin_once(node, timeout_sec=0.1)
 
 

@@ -29,6 +29,12 @@ class Param:
     item_type: type = str
 
 
+# The input durability of the nodes that subscribe to sensors (segmenter, recorder).
+INPUT_DURABILITY = Param("qos_durability", "volatile", "input QoS durability: volatile (sensor data) or "
+                         "transient_local (also receives what matched publishers sent before this node matched them; "
+                         "they must be transient_local too)", read_only=True)
+
+
 def declare(node, param: Param):
     """Declare one parameter and return its value.
 

@@ -42,7 +42,7 @@ from clip2scene_core.data.rosbag2 import (
 from clip2scene_core.sync import Synchronizer
 
 from . import conversions
-from .params import Param, declare_all, qos_profile
+from .params import INPUT_DURABILITY, Param, declare_all, qos_profile
 from .runner import run
 
 
@@ -69,8 +69,7 @@ PARAMETERS = [
           read_only=True),
     Param("storage", "mcap", "mcap or sqlite3", read_only=True),
     Param("qos_reliability", "best_effort", "input QoS: best_effort or reliable", read_only=True),
-    Param("qos_durability", "volatile", "input QoS durability: volatile (sensor data) or transient_local (also receives what matched "
-          "publishers sent before this node matched them; they must be transient_local too)", read_only=True),
+    INPUT_DURABILITY,
     Param("qos_depth", 10, "input queue depth", 1, 1000, read_only=True),
 ]
 

@@ -35,7 +35,7 @@ from clip2scene_core.vocabulary import IGNORE, Vocabulary, VocabularyError, load
 
 from . import conversions
 from .msg import SegmentationInfo
-from .params import Param, declare_all, qos_profile
+from .params import INPUT_DURABILITY, Param, declare_all, qos_profile
 from .runner import run
 
 UNLABELLED = 65535
@@ -78,8 +78,7 @@ PARAMETERS = [
     Param("camera_offsets_ms", [], "per camera (same order), added to its stamps before pairing", read_only=True,
           item_type=float),
     Param("qos_reliability", "best_effort", "input QoS: best_effort (sensor data) or reliable", read_only=True),
-    Param("qos_durability", "volatile", "input QoS durability: volatile (sensor data) or transient_local (also receives what matched "
-          "publishers sent before this node matched them; they must be transient_local too)", read_only=True),
+    INPUT_DURABILITY,
     Param("qos_depth", 5, "input queue depth", 1, 100, read_only=True),
     Param("publish_colored", True, "publish segmentation/colored for RViz (run time)"),
     Param("publish_overlay", False, "publish segmentation/overlay, a camera image (run time)"),

@@ -49,13 +49,14 @@ def spin_until(node, predicate, timeout_s: float, what, processes=()) -> None:
     at the time) after timeout_s or when a process dies."""
     import rclpy
 
+    describe = what if callable(what) else lambda: what
     deadline = time.monotonic() + timeout_s
     while not predicate():
         for process in processes:
             if process.poll() is not None and process.returncode not in (0,):
-                raise AssertionError(f"{what() if callable(what) else what}: node process exited with {process.returncode}")
+                raise AssertionError(f"{describe()}: node process exited with {process.returncode}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what() if callable(what) else what}")
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {describe()}")
         rclpy.spin_once(node, timeout_sec=0.05)
 
 

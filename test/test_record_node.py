@@ -45,7 +45,8 @@ def test_stopping_leaves_a_complete_split_recording_that_trains_a_student(ros_no
     output = tmp_path / "recording"
     parameters = {"output_dir": str(output), "camera_topics": CAMERAS, "calibration_file": str(calibration),
                   "odometry_topic": "/odom", "record_label_images": True, "qos_reliability": "reliable",
-                  "qos_durability": "transient_local", "split_size_mb": 2.0}  # about two pairs per part: the recording is split
+                  "qos_durability": "transient_local",
+                  "split_size_mb": 2.0}  # about two pairs per part: the recording is split
     with node_process("clip2scene_ros.record_node", "config/record_node.yaml", parameters,
                       tmp_path / "recorder.log") as recorder:
         # Under load the recorder's readers can match after the publisher has sent (discovery is not
@@ -88,7 +89,8 @@ def test_stopping_leaves_a_complete_split_recording_that_trains_a_student(ros_no
 
 
 @pytest.mark.parametrize("stop_signal, split", [(signal.SIGINT, {"split_size_mb": 2.0}),
-                                                (signal.SIGTERM, {"split_duration_s": 0.25})], ids=["SIGINT", "SIGTERM"])
+                                                (signal.SIGTERM, {"split_duration_s": 0.25})],
+                         ids=["SIGINT", "SIGTERM"])
 def test_a_stop_while_sensors_stream_keeps_every_written_pair(ros_node, calibration, tmp_path, stop_signal, split):
     from diagnostic_msgs.msg import DiagnosticArray
 
