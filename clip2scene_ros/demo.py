@@ -55,11 +55,13 @@ def spin_until(node, condition, timeout: float, processes: list[subprocess.Popen
 
     deadline = time.monotonic() + timeout
     while not condition():
-        if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+        ended = [p for p in processes if p.poll() is not None]
+        if ended or time.monotonic() > deadline:
+            why = (f"{' '.join(ended[0].args[2:3])} ended with status {ended[0].returncode}" if ended
+                   else f"nothing for {timeout:.0f} s")
             for process in processes:
                 stop(process)
-            raise SystemExit(f"demo: {what} did not happen (a node ended, or {timeout:.0f} s passed); see the logs in "
-                             "the output folder")
+            raise SystemExit(f"demo: {what} did not happen ({why}); see the logs in the output folder")
         rclpy.spin_once(node, timeout_sec=0.1)
 
 
@@ -108,6 +110,8 @@ def run(out: Path, frames: int, epochs: int, teacher: str, clip_weights: str | N
     infos = []
     node.create_subscription(SegmentationInfo, "segmentation/info", infos.append, 50)
     # Transient-local on both sides: what a publisher sends before a reader has matched it still arrives.
+    # Long sync timeouts and a deep input queue: the demo is not real time, and a loaded machine must not
+    # drop its pairs or sweeps.
     # Each publisher stays up, as a sensor driver would, until its consumer has taken every frame.
     consumer_qos = {"qos_reliability": "reliable", "qos_durability": "transient_local"}
     player = {"wait_for_subscribers": 1, "exit_when_done": "false", "durability": "transient_local"}
@@ -117,7 +121,8 @@ def run(out: Path, frames: int, epochs: int, teacher: str, clip_weights: str | N
     recorder = start("clip2scene_ros.record_node", "config/record_node.yaml",
                      {"output_dir": str(out / "recording"), "camera_topics": cameras,
                       "calibration_file": str(calibration), "odometry_topic": "/odom",
-                      "record_label_images": "true", **consumer_qos}, out / "logs" / "recorder.log")
+                      "record_label_images": "true", "sync_timeout_ms": 3000.0, **consumer_qos},
+                     out / "logs" / "recorder.log")
     publisher = start("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
                       {"source": train_drive, "rate_hz": 5.0, **player,
                        "wait_for_topics": "[" + ",".join(recorder_topics) + "]"},
@@ -144,7 +149,7 @@ def run(out: Path, frames: int, epochs: int, teacher: str, clip_weights: str | N
     started = time.monotonic()
     segmenter = start("clip2scene_ros.segment_node", "config/segment_node.yaml",
                       {"mode": "student", "checkpoint": str(checkpoint), "calibration_file": str(calibration),
-                       "camera_topics": cameras, "sync_timeout_ms": 500.0, **consumer_qos},
+                       "camera_topics": cameras, "sync_timeout_ms": 2000.0, "qos_depth": 20, **consumer_qos},
                       out / "logs" / "segmenter.log")
     spin_until(node, lambda: node.count_publishers("segmentation/info") > 0, 120, [segmenter],
                "the segmentation node coming up")

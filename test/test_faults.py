@@ -267,4 +267,6 @@ def test_soak_memory_stays_flat(tmp_path):
     row = json.loads((tmp_path / "soak.json").read_text())["rows"][0]
     print(f"soak: RSS {row['rss_start_mb']:.0f} -> {row['rss_end_mb']:.0f} MB, slope "
           f"{row['slope_mb_per_1000']:.3f} MB per 1000 messages, {row['segmented']} segmented")
-    assert row["segmented"] > 0 and row["slope_mb_per_1000"] < 1.0  # a leak grows; a falling RSS is no fault
+    # A leak grows (a falling RSS is no fault). The bound is 5 KB per message: a leaked cloud would be 160 KB;
+    # on a quiet 2-core machine the slope is about 0.2, on one loaded by other work it reached 4.5.
+    assert row["segmented"] > 0 and row["slope_mb_per_1000"] < 5.0
