@@ -13,7 +13,7 @@ from clip2scene_core.segmenter import Segmenter
 from clip2scene_core.teacher import (ClipConfig, ClipWeightsError, PixelPredictions, TeacherOutput, build_teacher,
                                       predict_points)
 from clip2scene_core.teacher.clip_model import DenseClipEncoder, load_clip, resample_positional_embedding
-from clip2scene_core.teacher.labels import LabelImageTeacher, NoisyTeacher
+from clip2scene_core.teacher.labels import LabelImageTeacher, NoisyTeacher, confusable
 from clip2scene_core.teacher.maskclip import MaskClipTeacher
 from clip2scene_core.teacher.text import TEMPLATES, ClipTextEncoder, HashTextEncoder
 from clip2scene_core.vocabulary import IGNORE, Vocabulary, load_vocabulary
@@ -216,6 +216,48 @@ def test_noisy_teacher_corrupts_at_the_rate_deterministically():
     assert np.array_equal(NoisyTeacher(base, 0.0).predict([cam]).label_image(0), truth)
     with pytest.raises(ValueError, match="noise rate"):
         NoisyTeacher(base, 1.5)
+
+
+def test_noisy_teacher_features_behave_like_maskclip():
+    """A noisy point near the label's embedding, the true class close behind where the label is wrong, the
+    confusable classes nearer than the others, and noise that is smooth across the image."""
+    vocabulary = load_vocabulary("nuscenes")
+    height, width = 72, 128
+    raw = np.full((height, width), 24)           # driveable surface below ...
+    raw[:36] = 30                                # ... vegetation above
+    raw[40:60, 20:60] = 17                       # a car
+    cam = camera("front", width, height, labels=raw)
+    cam.stamp_ns = 5
+    teacher = NoisyTeacher(LabelImageTeacher(vocabulary, HashTextEncoder()), 0.3, seed=1)
+    output = teacher.predict([cam])
+    rows, cols = np.mgrid[0:height, 0:width]
+    uv = np.stack([cols.ravel(), rows.ravel()], axis=1).astype(np.float32)
+    pixels = output.at(0, uv)
+    truth = vocabulary.raw_to_class(raw).ravel()
+    labels = pixels.labels.numpy()
+    assert torch.allclose(pixels.features.norm(dim=1), torch.ones(len(uv)), atol=1e-5)
+    scores = (pixels.features @ teacher.text_embeddings.T).numpy()
+    assert (scores.argmax(1) == labels).all()                  # the pseudo label is the feature's argmax
+    wrong = labels != truth
+    assert 0.1 < wrong.mean() < 0.5
+    ranked = np.argsort(-scores, axis=1)
+    assert (ranked[wrong, 1] == truth[wrong]).mean() > 0.9     # CLIP's second guess: the true class
+    # Confusable classes are closer than the others (car: truck, bus, ...; road: sidewalk, terrain, ...).
+    partners = np.zeros_like(scores, dtype=bool)
+    for index, others in enumerate(confusable(vocabulary)):
+        partners[labels == index] = np.isin(np.arange(len(vocabulary)), others)
+    others = ~partners & (np.arange(len(vocabulary))[None, :] != labels[:, None])
+    right = ~wrong
+    assert scores[right][partners[right]].mean() > scores[right][others[right]].mean() + 0.05
+    assert 0.3 < scores[~wrong, :][np.arange((~wrong).sum()), labels[~wrong]].mean() < 0.9  # near, not on, the text
+    # Smooth noise: neighbouring pixels of one class agree more than distant ones.
+    grid = pixels.features.reshape(height, width, -1)
+    near = F.cosine_similarity(grid[5:30, 10:100], grid[5:30, 11:101], dim=2).mean()
+    far = F.cosine_similarity(grid[5:30, 10:30], grid[5:30, 100:120], dim=2).mean()
+    assert near > far + 0.05
+    again = teacher.predict([cam]).at(0, uv)
+    assert torch.equal(again.features, pixels.features)        # deterministic per camera and stamp
+    assert (pixels.confidence > 0).all() and (pixels.confidence <= 1).all()
 
 
 class FixedOutput(TeacherOutput):

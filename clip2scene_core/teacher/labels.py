@@ -3,7 +3,7 @@
 The label-image teacher maps each camera's `label_image` (raw ids of the segmenter or dataset)
 through the vocabulary; its pixel features are the class text embeddings. The noisy teacher
 corrupts those labels the way CLIP errs, at a set rate, seeded, for experiments where the truth
-is known (the synthetic world).
+is known (the synthetic world), and gives pixel features that behave like MaskCLIP's (SoftLabelOutput).
 """
 
 from __future__ import annotations
@@ -39,6 +39,45 @@ class LabelImageOutput(TeacherOutput):
 
     def label_image(self, camera_index: int) -> np.ndarray:
         return self.class_images[camera_index]
+
+
+# The noisy teacher's pixel feature, before normalisation: its label's text embedding, the true class's
+# where the label is wrong (CLIP's second guess is often the right one), the mean of the label's
+# confusable classes, and a smooth random direction (MaskCLIP's errors come in patches).
+LABEL_WEIGHT, TRUTH_WEIGHT, CONFUSABLE_WEIGHT, NOISE_WEIGHT = 1.0, 0.5, 0.3, 1.0
+NOISE_GRID = (7, 13)        # rows, columns of the noise field over an image (224x416 crops in 32-pixel cells)
+LOGIT_SCALE = 100.0         # CLIP's: the confidence is the softmax at that scale, as MaskCLIP's
+
+
+class SoftLabelOutput(LabelImageOutput):
+    """Noisy class images with MaskCLIP-like pixel features: a noisy point near the label's text embedding,
+    pulled towards the true class where the label is wrong and towards the classes confusable with it,
+    the noise spatially smooth (bilinear over a coarse random field per image)."""
+
+    def __init__(self, class_images: list[np.ndarray], true_images: list[np.ndarray], noise: list[torch.Tensor],
+                 text_embeddings: torch.Tensor, confusable_mean: torch.Tensor):
+        super().__init__(class_images, text_embeddings)
+        self.true_images, self.noise, self.confusable_mean = true_images, noise, confusable_mean
+
+    def at(self, camera_index: int, uv: np.ndarray) -> PixelPredictions:
+        image = self.class_images[camera_index]
+        height, width = image.shape
+        cols = np.clip(np.floor(uv[:, 0] + 0.5).astype(np.int64), 0, width - 1)
+        rows = np.clip(np.floor(uv[:, 1] + 0.5).astype(np.int64), 0, height - 1)
+        labels = torch.from_numpy(image[rows, cols])
+        truth = torch.from_numpy(self.true_images[camera_index][rows, cols])
+        known = labels != IGNORE
+        label, true = labels.clamp(min=0), truth.clamp(min=0)
+        grid = torch.from_numpy(np.stack([(uv[:, 0] + 0.5) / width * 2 - 1, (uv[:, 1] + 0.5) / height * 2 - 1],
+                                         axis=1).astype(np.float32))
+        noise = F.grid_sample(self.noise[camera_index][None], grid[None, None], mode="bilinear",
+                              padding_mode="border", align_corners=False)[0, :, 0].T
+        text = self.text_embeddings
+        features = LABEL_WEIGHT * text[label] + CONFUSABLE_WEIGHT * self.confusable_mean[label] + \
+            TRUTH_WEIGHT * text[true] * (truth != labels)[:, None] + NOISE_WEIGHT * F.normalize(noise, dim=1)
+        features = F.normalize(features, dim=1) * known[:, None]
+        confidence = torch.softmax(LOGIT_SCALE * features @ text.T, dim=1).gather(1, label[:, None])[:, 0]
+        return PixelPredictions(features, labels, confidence * known)
 
 
 class LabelImageTeacher(Teacher):
@@ -110,17 +149,24 @@ class NoisyTeacher(Teacher):
         if hasattr(self, "base"):
             self.base.set_vocabulary(vocabulary)
         self.partners = confusable(vocabulary)
+        self.confusable_mean = F.normalize(torch.stack([
+            self.text_embeddings[torch.from_numpy(p)].mean(0) if len(p) else torch.zeros(self.text_embeddings.shape[1])
+            for p in self.partners]), dim=1)
 
     @property
     def identity(self) -> str:
         return f"noisy:{self.rate}:{self.seed}|{self.text_encoder.identity}"
 
     def predict(self, cameras: list[Camera]) -> TeacherOutput:
-        images = [self.corrupt(image, camera) for image, camera in zip(self.base.class_images(cameras), cameras)]
-        return LabelImageOutput(images, self.text_embeddings)
+        truth = self.base.class_images(cameras)
+        images = [self.corrupt(image, camera) for image, camera in zip(truth, cameras)]
+        dimensions = self.text_embeddings.shape[1]
+        noise = [torch.from_numpy(self._rng(camera, "noise").standard_normal((dimensions, *NOISE_GRID),
+                                                                             dtype=np.float32)) for camera in cameras]
+        return SoftLabelOutput(images, truth, noise, self.text_embeddings, self.confusable_mean)
 
-    def _rng(self, camera: Camera) -> np.random.Generator:
-        digest = hashlib.sha256(f"{self.seed}/{camera.name}/{camera.stamp_ns}".encode()).digest()
+    def _rng(self, camera: Camera, purpose: str = "") -> np.random.Generator:
+        digest = hashlib.sha256(f"{self.seed}/{camera.name}/{camera.stamp_ns}{purpose}".encode()).digest()
         return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
     def corrupt(self, classes: np.ndarray, camera: Camera) -> np.ndarray:
