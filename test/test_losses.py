@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clip2scene_core.student.losses import lovasz_softmax, semantic_cross_entropy, semantic_infonce, spatial_temporal
+from clip2scene_core.student.losses import (feature_distillation, lovasz_softmax, semantic_cross_entropy,
+                                            semantic_infonce, semantic_symmetric, spatial_temporal)
+from clip2scene_core.train import TrainConfig
 
 # Two classes with orthogonal text embeddings, three points.
 TEXT = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -47,7 +49,7 @@ def test_spatial_temporal_by_hand():
     weights = [math.exp(s) for s in scores]
     total = sum(weights)
     fused = (weights[0] * x[0] + weights[1] * x[1] + weights[2] * p[0] + weights[3] * p[1]) / total
-    expected = sum(1 - torch.sigmoid(p[i] @ fused) for i in range(2)) / 2
+    expected = sum(1 - F.cosine_similarity(p[i], fused, dim=0) for i in range(2)) / 2
     loss = spatial_temporal(p, x, t, torch.tensor([0, 0]))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
@@ -58,12 +60,51 @@ def test_spatial_temporal_keeps_groups_apart():
     t = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     together = spatial_temporal(p, x, t, torch.tensor([0, 0]))
     apart = spatial_temporal(p, x, t, torch.tensor([0, 1]))
-    # Alone in its group each point matches its fused feature exactly: 1 - sigmoid(1).
-    assert apart.item() == pytest.approx(1 - 1 / (1 + math.exp(-1)), rel=1e-6)
+    # Alone in its group with a pixel feature equal to it, each point is its fused feature: nothing to pull.
+    # (The paper's 1 - sigmoid(p . f) would still be 1 - sigmoid(1) = 0.27 there.)
+    assert apart.item() == pytest.approx(0.0, abs=1e-6)
     assert together > apart
     p.requires_grad_(True)
     spatial_temporal(p, x, t, torch.tensor([0, 0])).backward()
     assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+def test_spatial_temporal_pull_is_a_cosine():
+    # A point alone with its pixel, at angle theta: fused = (a x + b p) / (a + b), and the loss is 1 - cos(p, fused).
+    x, t = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0]])
+    losses = []
+    for theta in (0.2, 0.6, 1.2):
+        p = torch.tensor([[math.cos(theta), math.sin(theta)]])
+        a, b = math.exp(1.0), math.exp(math.cos(theta))
+        fused = (a * x[0] + b * p[0]) / (a + b)
+        expected = 1 - (p[0] @ fused).item() / fused.norm().item()
+        losses.append(spatial_temporal(p, x, t, torch.tensor([0])).item())
+        assert losses[-1] == pytest.approx(expected, rel=1e-5)
+    assert losses == sorted(losses)  # the further the point from its pixel, the stronger the pull
+
+
+def test_feature_distillation_is_one_minus_cosine():
+    points = torch.tensor([[1.0, 0.0], [0.0, 2.0]], requires_grad=True)
+    pixels = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert feature_distillation(points, pixels).item() == pytest.approx(0.5)  # (0 + 1) / 2
+    feature_distillation(points, pixels).backward()
+    assert points.grad[0].abs().sum() == 0 and points.grad[1].abs().sum() > 0
+    assert feature_distillation(points[:0], pixels[:0]).item() == 0.0
+
+
+def test_the_default_temperature_lets_unit_features_fit_their_labels():
+    # 16 classes with orthogonal embeddings, every point exactly on its class: the loss must be near zero.
+    # At the paper's 0.5 on unit vectors a logit is at most 2 and the loss cannot fall below about 1.
+    text = torch.eye(16, 32)
+    labels = torch.arange(16).repeat(20)
+    features = text[labels]
+    tau = TrainConfig().tau
+    for loss in (semantic_cross_entropy, semantic_symmetric):
+        assert loss(features, labels, text, tau).item() < 0.01, loss
+        assert loss(features, labels, text, 0.5).item() > 0.5, loss
+    assert semantic_infonce(features, labels, text, tau).item() < 0.01
+    assert semantic_symmetric(features, labels, text, tau) == pytest.approx(
+        (semantic_infonce(features, labels, text, tau) + semantic_cross_entropy(features, labels, text, tau)) / 2)
 
 
 def lovasz_extension(foreground: list[int], errors: list[float]) -> float:

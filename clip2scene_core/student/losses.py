@@ -1,6 +1,9 @@
-"""CLIP2Scene's losses (paper Eq. 1-4), the released code's cross-entropy variant, and Lovasz-softmax.
+"""CLIP2Scene's losses (paper Eq. 1-4), the released code's cross-entropy variant, OpenScene-style feature
+distillation, and Lovasz-softmax.
 
-All features are L2-normalised, so the paper's D(a, b) (a dot product) is a cosine similarity.
+Features are L2-normalised by default, so the paper's D(a, b) (a dot product) is a cosine similarity
+and a logit is bounded by 1 / tau: the temperature must be small (CLIP's 0.07) for a softmax over
+classes or points to become confident.
 """
 
 from __future__ import annotations
@@ -37,6 +40,18 @@ def semantic_cross_entropy(features: torch.Tensor, labels: torch.Tensor, text: t
     return F.cross_entropy(features @ text.T / tau, labels)
 
 
+def semantic_symmetric(features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, tau: float) -> torch.Tensor:
+    """Both directions of the contrast, as CLIP trains its two towers: the mean of the class-wise InfoNCE
+    (Eq. 1, a class against the points) and the per-point cross-entropy (a point against the classes).
+    Eq. 1 alone ranks the points for each class but never asks a point to prefer its own class, which is
+    what its zero-shot label is."""
+    return 0.5 * (semantic_infonce(features, labels, text, tau) + semantic_cross_entropy(features, labels, text, tau))
+
+
+SEMANTIC_LOSSES = {"infonce": semantic_infonce, "cross_entropy": semantic_cross_entropy,
+                   "symmetric": semantic_symmetric}
+
+
 def spatial_temporal(point_features: torch.Tensor, pixel_features: torch.Tensor, label_text: torch.Tensor,
                      groups: torch.Tensor, attention_tau: float = 1.0) -> torch.Tensor:
     """Spatial-temporal consistency (Eq. 2-4).
@@ -45,7 +60,10 @@ def spatial_temporal(point_features: torch.Tensor, pixel_features: torch.Tensor,
     (M,) group index). Within a group n, the pixel features x_i and point features p_i are fused by
     attention against the text embedding t_i of each pair's pseudo label, one softmax over all 2|g_n|
     entries:  f_n = sum_i a_i x_i + b_i p_i,  a_i ~ exp(x_i . t_i / lambda),  b_i ~ exp(p_i . t_i / lambda).
-    Every point is then pulled towards its group's fused feature:  L = mean_i (1 - sigmoid(p_i . f_{g(i)})).
+    Every point is then pulled towards its group's fused feature:  L = mean_i (1 - cos(p_i, f_{g(i)})).
+
+    The paper writes the pull as 1 - sigmoid(p . f); on unit vectors that is about 0.5 - 0.23 cos, a
+    quarter-weight cosine that never reaches zero, so we use the cosine itself.
 
     point_features, pixel_features, label_text: (M, D); lambda = attention_tau (paper 1).
     """
@@ -59,13 +77,18 @@ def spatial_temporal(point_features: torch.Tensor, pixel_features: torch.Tensor,
     highest = highest.scatter_reduce(0, groups, torch.maximum(pixel_score, point_score).detach(), reduce="amax")
     pixel_weight = torch.exp(pixel_score - highest[groups])
     point_weight = torch.exp(point_score - highest[groups])
-    total = torch.zeros(num_groups, dtype=point_score.dtype, device=groups.device).index_add(
-        0, groups, pixel_weight + point_weight)
     fused = torch.zeros(num_groups, point_features.shape[1], dtype=point_features.dtype, device=groups.device)
     fused = fused.index_add(0, groups, pixel_weight[:, None] * pixel_features + point_weight[:, None] * point_features)
-    fused = fused / total[:, None]
+    # The softmax's denominator is a positive scale per group: the cosine below does not depend on it.
     # index_select keeps the backward deterministic on CPU (see Student.forward).
-    return (1 - torch.sigmoid((point_features * fused.index_select(0, groups)).sum(1))).mean()
+    return (1 - F.cosine_similarity(point_features, fused.index_select(0, groups), dim=1)).mean()
+
+
+def feature_distillation(point_features: torch.Tensor, pixel_features: torch.Tensor) -> torch.Tensor:
+    """OpenScene's distillation: mean over pairs of 1 - cos(point feature, its pixel feature)."""
+    if len(point_features) == 0:
+        return point_features.sum() * 0.0
+    return (1 - F.cosine_similarity(point_features, pixel_features, dim=1)).mean()
 
 
 def lovasz_softmax(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
