@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .data import open_source
+from .data import MissingPosesError, open_source
 
 
 def _inspect(args) -> int:
@@ -139,7 +139,11 @@ def _pretrain(args) -> int:
         device = torch_device_for_rank()
     vocabulary = load_vocabulary(config.vocabulary)
     teacher = _teacher(config, vocabulary, device)
-    sources = _open_all(args.data, config.teacher.name, sweeps=max(config.train.sweeps - 1, 0))
+    try:
+        sources = _open_all(args.data, config.teacher.name, sweeps=max(config.train.sweeps - 1, 0))
+    except MissingPosesError as error:
+        raise MissingPosesError(f"{str(error).split(';')[0]}; pretrain with --sweeps 1 (the keyframe alone), or "
+                                f"record the vehicle's odometry on /tf") from None
     out = Path(args.out)
     if rank == 0:
         dump_config(out, config)

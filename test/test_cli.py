@@ -7,7 +7,7 @@ import pytest
 
 from clip2scene_core.cli import main
 from clip2scene_core.data import open_source
-from clip2scene_core.data.rosbag2 import write_bag
+from clip2scene_core.data.rosbag2 import BagWriter, write_bag
 
 SCENE = "synthetic:frames=3,seed=6,cameras=2,width=96,height=64"
 
@@ -109,3 +109,23 @@ def test_pretrain_evaluate_finetune_on_a_bag(tmp_path, bag, config, capsys):
     model, payload = load_student(tmp_path / "tune" / "finetuned.pt")
     assert payload["finetune"]["labelled_scans"] == [0, 2] and model.classifier is not None
     assert (tmp_path / "tune" / "evaluation.json").is_file()
+
+
+class WithoutOdometry(BagWriter):
+    """A recording of a vehicle that published no /tf (no ego poses)."""
+
+    def write_message(self, topic, *args, **kwargs):
+        if topic != "/tf":
+            super().write_message(topic, *args, **kwargs)
+
+
+def test_pretraining_a_bag_without_odometry_names_the_sweeps_flag(tmp_path, config, capsys):
+    with WithoutOdometry(tmp_path / "bag") as writer:
+        for frame in open_source(SCENE):
+            writer.write_frame(frame)
+    assert main(["pretrain", "--data", f"bag:{tmp_path / 'bag'}", "--teacher", "noisy:0.2", "--config", str(config),
+                 "--epochs", "1", "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "--sweeps 1" in error and "sweeps=" not in error and "need ego poses" in error
+    assert main(["pretrain", "--data", f"bag:{tmp_path / 'bag'}", "--teacher", "noisy:0.2", "--config", str(config),
+                 "--epochs", "1", "--sweeps", "1", "--out", str(tmp_path / "out")]) == 0

@@ -142,7 +142,7 @@ def test_sweeps_need_ego_poses(tmp_path):
             msg = cloud_message(conv.encode_cloud(frame.points), frame.stamp_ns, "lidar")
             writer.write_message("/points", POINTCLOUD2, frame.stamp_ns, msg)
     assert len(open_source(f"bag:{tmp_path / 'bag'}")) == 2
-    with pytest.raises(SourceError, match="needs ego poses"):
+    with pytest.raises(SourceError, match="need ego poses"):
         open_source(f"bag:{tmp_path / 'bag'}?sweeps=1")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from .source import FrameList, FrameSource, SourceError, SourceSpec, build_source, parse_source
+from .source import FrameList, FrameSource, MissingPosesError, SourceError, SourceSpec, build_source, parse_source
 
 # kind -> (module, class); modules are imported only when their kind is opened.
 READERS = {
@@ -35,4 +35,5 @@ def open_source(text: str | SourceSpec, **defaults) -> FrameSource:
     return build_source(cls, spec, defaults)
 
 
-__all__ = ["FrameList", "FrameSource", "SourceError", "SourceSpec", "open_source", "parse_source", "READERS"]
+__all__ = ["FrameList", "FrameSource", "MissingPosesError", "SourceError", "SourceSpec", "open_source", "parse_source",
+           "READERS"]

@@ -32,7 +32,7 @@ from ..frame import Camera, Frame
 from ..geometry import invert
 from ..sync import Synchronizer
 from ..tf_tree import TransformError, TransformTree
-from .source import FrameSource, SourceError
+from .source import FrameSource, MissingPosesError, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -409,8 +409,9 @@ class BagSource(FrameSource):
         self.world_frame = self.tree.root(self.ego_frame)
         self.has_poses = self.world_frame != self.ego_frame
         if self.sweeps and not self.has_poses:
-            raise SourceError(f"bag {self.path}: sweeps={self.sweeps} needs ego poses, but /tf has no transform to "
-                              f"the LiDAR's frame tree ({self.ego_frame!r}); record odometry on /tf or use sweeps=0")
+            raise MissingPosesError(f"bag {self.path}: older sweeps need ego poses, but /tf has no transform to the "
+                                    f"LiDAR's frame tree ({self.ego_frame!r}); record odometry on /tf or open the bag "
+                                    f"with sweeps=0")
         usable = {}
         for topic in self.camera_topics:
             name = self.camera_names[topic]

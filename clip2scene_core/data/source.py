@@ -26,6 +26,10 @@ class SourceError(ValueError):
     """A data source that cannot be read as named; the message says what to fix."""
 
 
+class MissingPosesError(SourceError):
+    """Older sweeps were asked for, but the source has no ego poses to bring them into the keyframe."""
+
+
 class FrameSource(ABC):
     """A sequence of frames: len(source), source[i], iteration.
 
