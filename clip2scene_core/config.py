@@ -17,7 +17,7 @@ import yaml
 from .finetune import FinetuneConfig
 from .student.network import StudentConfig
 from .teacher.clip_model import ClipConfig
-from .train import TrainConfig
+from .train import TrainConfig, check_grid
 
 
 class ConfigError(ValueError):
@@ -45,6 +45,9 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def __post_init__(self) -> None:
+        check_grid(self.train, self.student)
 
 
 def _check_type(value, annotation, key: str):

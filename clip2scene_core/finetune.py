@@ -9,6 +9,7 @@ round(1/f)-th scan, starting from the first.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +19,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data import FrameSource, SourceError
+from .samples import augmentation, seeded_rng
 from .student.checkpoint import StudentModel, save_checkpoint
 from .student.losses import lovasz_softmax
-from .student.network import make_batch
-from .train import _augmentation, _rng
+from .student.network import Classifier, make_batch, recalibrate_batchnorm
 from .vocabulary import IGNORE, Vocabulary
 
 log = logging.getLogger(__name__)
@@ -32,36 +33,27 @@ class FinetuneConfig:
     labels_fraction: float = 0.01
     epochs: int = 10
     batch_size: int = 2
-    lr: float = 0.01            # backbone
-    head_lr: float = 0.1        # classifier (paper-style fine-tuning trains the new head faster)
+    optimizer: str = "adamw"    # or sgd (momentum 0.9)
+    lr: float = 2e-3            # backbone
+    head_lr: float = 2e-2       # classifier (paper-style fine-tuning trains the new head faster)
     weight_decay: float = 1e-4
     lovasz_weight: float = 1.0
     seed: int = 0
-    augment: bool = True
+    augment: bool = False       # measured to keep a scan from being fitted in 40 epochs (README)
+    rotation_deg: float = 180.0
+    bn_recalibration: int = 8   # last batches over which BatchNorm statistics are recomputed (0: off)
 
     def __post_init__(self) -> None:
         if not 0 < self.labels_fraction <= 1:
             raise ValueError(f"finetune.labels_fraction must be in (0, 1], got {self.labels_fraction}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"finetune.optimizer must be adamw or sgd, got {self.optimizer!r}")
 
 
 def labelled_subset(length: int, fraction: float) -> list[int]:
     """Every round(1/fraction)-th scan index: the paper's deterministic label-efficient subset."""
     step = max(1, round(1 / fraction))
     return list(range(0, length, step))
-
-
-class Classifier(torch.nn.Module):
-    """logits = scale * (W normalised-feature + b), W initialised from the class text embeddings."""
-
-    def __init__(self, text_embeddings: torch.Tensor, scale: float = 10.0):
-        super().__init__()
-        self.classes: list[str] = []
-        self.weight = torch.nn.Parameter(text_embeddings.clone().float())
-        self.bias = torch.nn.Parameter(torch.zeros(len(text_embeddings)))
-        self.scale = scale
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.scale * (features @ self.weight.T + self.bias)
 
 
 def finetune(model: StudentModel, source: FrameSource, vocabulary: Vocabulary, config: FinetuneConfig,
@@ -73,17 +65,20 @@ def finetune(model: StudentModel, source: FrameSource, vocabulary: Vocabulary, c
     if any(frame.labels is None for frame in frames):
         raise SourceError("fine-tuning needs per-point labels in every selected scan; this source has none")
     targets = [vocabulary.raw_to_class(frame.labels) for frame in frames]
+    model.set_vocabulary(vocabulary)  # one vocabulary for the classifier's rows and the targets
     network = model.network.train()
     classifier = Classifier(network.text_embeddings.to(device)).to(device)
-    optimizer = torch.optim.SGD([{"params": network.parameters(), "lr": config.lr},
-                                 {"params": classifier.parameters(), "lr": config.head_lr}],
-                                momentum=0.9, weight_decay=config.weight_decay)
+    groups = [{"params": network.parameters(), "lr": config.lr},
+              {"params": classifier.parameters(), "lr": config.head_lr}]
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay) if config.optimizer == "adamw" else \
+        torch.optim.SGD(groups, momentum=0.9, weight_decay=config.weight_decay)
     steps = max(1, len(frames) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps)
     torch.manual_seed(config.seed)
     history = []
+    recent: deque = deque(maxlen=config.bn_recalibration)
     for epoch in range(config.epochs):
-        order = _rng(config.seed, epoch, 0, 3).permutation(len(frames))
+        order = seeded_rng(config.seed, epoch, 0, 3).permutation(len(frames))
         total = 0.0
         for step in tqdm(range(steps), desc=f"finetune {epoch + 1}/{config.epochs}", disable=not progress):
             chosen = order[step * config.batch_size:(step + 1) * config.batch_size]
@@ -91,10 +86,12 @@ def finetune(model: StudentModel, source: FrameSource, vocabulary: Vocabulary, c
             for position in chosen:
                 points = frames[position].points
                 if config.augment:
-                    points = (points @ _augmentation(_rng(config.seed, epoch, int(position), 4)).T).astype(np.float32)
+                    turn = augmentation(seeded_rng(config.seed, epoch, int(position), 4), config.rotation_deg)
+                    points = (points @ turn.T).astype(np.float32)
                 scans.append((points, frames[position].fields.get("intensity")))
                 labels.append(targets[position])
             batch = make_batch(scans, network.config.voxel_size_m).to(device)
+            recent.append(batch)
             target = torch.from_numpy(np.concatenate(labels)).to(device)
             keep = target != IGNORE
             semantic, _ = network(batch, torch.nonzero(keep).squeeze(1))
@@ -108,6 +105,7 @@ def finetune(model: StudentModel, source: FrameSource, vocabulary: Vocabulary, c
             total += float(loss.detach())
         history.append({"epoch": epoch + 1, "loss": total / steps})
         log.info("fine-tune epoch %d: loss %.4f", epoch + 1, total / steps)
+    recalibrate_batchnorm(network, list(recent))
     network.eval()
     save_checkpoint(Path(out) / "finetuned.pt", network, classifier={"weight": classifier.weight.detach().cpu(),
                                                                       "bias": classifier.bias.detach().cpu(),
@@ -116,5 +114,5 @@ def finetune(model: StudentModel, source: FrameSource, vocabulary: Vocabulary, c
                     finetune={"labelled_scans": indices, "history": history}, **checkpoint_extra)
     classifier.classes = vocabulary.names
     model.trained_classifier = classifier.eval()
-    model.set_vocabulary(vocabulary)
+    model.set_vocabulary(vocabulary)  # now with the trained classifier
     return history

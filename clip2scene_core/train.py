@@ -1,12 +1,14 @@
 """Pretraining the student from a teacher (CLIP2Scene): read top to bottom.
 
-For every scan: aggregate its sweeps into the keyframe's LiDAR frame with ego poses, project all
-points into the keyframe's cameras, take the teacher's pseudo label and pixel feature for every
-paired point, augment, voxelise each sweep, run the student, and apply
-    semantic consistency (Eq. 1) + lambda * spatial-temporal consistency (Eq. 2-4),
-with the pseudo labels switched at random to the student's own predictions once self-training
-starts. SGD with a cosine schedule; a checkpoint per epoch; seeded so that a resumed run ends
-exactly where an unbroken one does; several processes through torch.distributed (torchrun).
+Every scan becomes a Sample (samples.py: sweeps aggregated with ego poses, paired with the teacher's
+pixels in the keyframe's cameras, optionally with consolidated labels, the loss points chosen, augmented);
+the student runs on its sweeps and the losses are
+    semantic consistency (Eq. 1) + lambda * spatial-temporal consistency (Eq. 2-4)
+    [+ feature distillation (OpenScene)],
+with pseudo labels taken from a mean teacher (an EMA of the student) where it is confident, once
+self-training starts. A checkpoint per epoch, with BatchNorm statistics recomputed for the weights
+it holds; seeded so that a resumed run ends exactly where an unbroken one does; several processes
+through torch.distributed (torchrun).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import math
 import os
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,13 +28,15 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from .consolidation import LabelMap, drive_of
 from .data import FrameSource
-from .frame import Frame
-from .geometry import aggregate_sweeps, voxelize
-from .student.checkpoint import read_checkpoint, save_checkpoint, load_weights
-from .student.losses import semantic_cross_entropy, semantic_infonce, spatial_temporal
-from .student.network import Student, StudentConfig, make_batch
-from .teacher import Teacher, predict_points
+from .geometry import transform_points
+from .samples import Sample, pair_frame, prepare_sample, seeded_rng
+from .self_training import MeanTeacher, confident
+from .student.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from .student.losses import SEMANTIC_LOSSES, feature_distillation, spatial_temporal
+from .student.network import Student, StudentConfig, VoxelBatch, make_batch, recalibrate_batchnorm
+from .teacher import Teacher
 from .vocabulary import IGNORE
 
 log = logging.getLogger(__name__)
@@ -39,115 +44,91 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    """Pretraining options (paper values in comments).
+    """Pretraining options (the paper's values in comments; see the README for why ours differ).
 
     batch_size: scans per optimiser step over all processes (must divide by the number of processes).
     sweeps: sweeps per sample, the keyframe included (paper 3; 1 = no temporal aggregation).
-    semantic_loss: "infonce" (paper Eq. 1) or "cross_entropy" (what the released code trains with).
-    st_grid_m: edge of the regular grid grouping points for the spatial-temporal loss.
-    self_training_start: fraction of the epochs after which pseudo labels switch (paper: half-way).
+    semantic_loss: "infonce" (paper Eq. 1), "cross_entropy" (what the released code trains with) or
+        "symmetric" (their mean: both directions, as CLIP trains).
+    tau: temperature of the semantic loss. Features are unit vectors (normalize), so a logit is at most
+        1 / tau: CLIP's 0.07 lets a softmax become confident; the paper's 0.5 is for raw dot products
+        (normalize: false), and on unit vectors caps every logit at 2.
+    max_paired: loss points per sweep and kind (paired, consolidated, self-training candidates); 0: all.
+    st_grid_m: edge of the regular grid grouping points for the spatial-temporal loss (>= the voxel).
+    occlusion_tolerance: an older sweep's point is unpaired when a keyframe point nearer by this fraction
+        of its depth covers its pixel (None: no test).
+    distill_weight: weight of the feature distillation 1 - cos(point, pixel feature) (0: off).
+    consolidate: vote pseudo labels across the frames of each drive in a world voxel map first.
+    self_training: targets from a mean teacher (EMA, ema_decay per step) where its confidence is in the top
+        self_training_share of its class, for paired points with probability self_training_probability and
+        for unlabelled points always; from self_training_start of the epochs on, and only once the student
+        agrees with the teacher on held-out paired points at least self_training_agreement.
+    bn_recalibration: batches of each epoch's end over which BatchNorm statistics are recomputed (0: off).
     """
 
     epochs: int = 20
     batch_size: int = 2
-    optimizer: str = "sgd"              # paper SGD; "adamw" converges in far fewer steps (small CPU runs)
-    lr: float = 0.1                     # paper 0.1
-    momentum: float = 0.9               # paper 0.9
+    optimizer: str = "adamw"            # paper SGD (lr 0.1, momentum 0.9, weight decay 1e-4)
+    lr: float = 2e-3                    # paper 0.1 with SGD
+    momentum: float = 0.9               # paper 0.9 (SGD)
     weight_decay: float = 1e-4          # paper 1e-4
     schedule: str = "cosine"            # cosine or constant
     seed: int = 0
-    sweeps: int = 3
-    semantic_loss: str = "infonce"
-    tau: float = 0.5                    # paper 0.5
+    sweeps: int = 3                     # paper 3
+    semantic_loss: str = "symmetric"    # paper: infonce
+    tau: float = 0.07                   # paper 0.5 (on raw dot products)
     normalize: bool = True              # cosine similarity in the semantic loss (False: the paper's raw dot product)
     spatial_temporal: bool = True
     st_weight: float = 1.0              # lambda, paper 1
-    st_grid_m: float = 0.1
-    attention_tau: float = 1.0
-    self_training: bool = True
-    self_training_start: float = 0.5
-    self_training_probability: float = 0.5
-    augment: bool = True
-    max_paired: int = 0                 # at most this many paired points per scan enter the losses (0: all)
+    st_grid_m: float = 0.5
+    attention_tau: float = 1.0          # paper 1
+    occlusion_tolerance: float | None = 0.3
+    distill_weight: float = 0.0
+    consolidate: bool = True            # measured to help (README, ablation)
+    consolidation_voxel_m: float = 0.5
+    consolidation_min_views: int = 2
+    self_training: bool = False         # measured to cost mIoU here (README, ablation)
+    self_training_start: float = 0.5    # paper: half-way
+    self_training_agreement: float = 0.5
+    self_training_probability: float = 0.5   # paper 0.5
+    self_training_share: float = 0.5
+    ema_decay: float = 0.99
+    bn_recalibration: int = 4
+    augment: bool = False               # measured to cost mIoU at the budgets here (README)
+    rotation_deg: float = 180.0
+    max_paired: int = 0
 
     def __post_init__(self) -> None:
-        if self.semantic_loss not in ("infonce", "cross_entropy"):
-            raise ValueError(f"train.semantic_loss must be infonce or cross_entropy, got {self.semantic_loss!r}")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"train.optimizer must be sgd or adamw, got {self.optimizer!r}")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"train.schedule must be cosine or constant, got {self.schedule!r}")
+        choices = {"semantic_loss": tuple(SEMANTIC_LOSSES), "optimizer": ("sgd", "adamw"),
+                   "schedule": ("cosine", "constant")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"train.{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         if self.sweeps < 1 or self.epochs < 1 or self.batch_size < 1:
             raise ValueError("train.sweeps, train.epochs and train.batch_size must be at least 1")
+        for key in ("tau", "st_grid_m", "consolidation_voxel_m", "attention_tau"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"train.{key} must be positive, got {getattr(self, key)}")
+        for key in ("self_training_share", "self_training_probability", "ema_decay", "self_training_start"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ValueError(f"train.{key} must be between 0 and 1, got {getattr(self, key)}")
 
 
-@dataclass
-class Sample:
-    """One scan ready for the student.
-
-    points / intensity: per sweep, (N_k, 3) float32 in the (augmented) keyframe LiDAR frame.
-    pseudo: (sum N_k,) int64 teacher pseudo labels over the concatenated sweeps, IGNORE where unpaired.
-    paired: (M,) indices of the paired points used in the losses; pixel_features: (M, D); groups: (M,) grid
-        cell per pair.
-    truth: (N_0,) raw labels of the keyframe points when the source has them (monitoring only).
-    """
-
-    points: list[np.ndarray]
-    intensity: list[np.ndarray | None]
-    pseudo: np.ndarray
-    paired: np.ndarray
-    pixel_features: torch.Tensor
-    groups: np.ndarray
-    truth: np.ndarray | None
-
-
-def _rng(*keys: int) -> np.random.Generator:
-    return np.random.default_rng([int(k) & 0xFFFFFFFF for k in keys])
-
-
-def _augmentation(rng: np.random.Generator) -> np.ndarray:
-    """A random (3, 3) rotation about z, flip of y and scale, as used for LiDAR pretraining."""
-    angle = rng.uniform(0, 2 * np.pi)
-    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
-    flip = np.diag([1.0, -1.0 if rng.random() < 0.5 else 1.0, 1.0])
-    return rotation @ flip * rng.uniform(0.95, 1.05)
-
-
-def prepare_sample(frame: Frame, teacher: Teacher, config: TrainConfig, rng: np.random.Generator) -> Sample:
-    """Pair the frame's (aggregated) points with the teacher's pixels, then augment (see module docstring)."""
-    aggregate = aggregate_sweeps(frame, config.sweeps)
-    sweeps = ([frame] + list(frame.sweeps))[:config.sweeps]
-    counts = np.bincount(aggregate.sweep_index, minlength=len(sweeps))
-    points, sweep_index = aggregate.points, aggregate.sweep_index
-    intensity_all = np.concatenate([s.fields.get("intensity", np.zeros(len(s), np.float32)).astype(np.float32)
-                                    for s in sweeps])
-    truth = frame.labels
-    if frame.cameras:
-        pairs = predict_points(teacher.predict(frame.cameras), points, frame.cameras, with_features=True)
-        pseudo, pixel_features = pairs.labels, pairs.features
-    else:
-        pseudo, pixel_features = np.full(len(points), IGNORE, np.int64), torch.zeros(len(points), 1)
-    paired = np.flatnonzero(pseudo != IGNORE)
-    if config.max_paired and len(paired) > config.max_paired:
-        # Fewer points in the losses, never in the network's input: thinning the input would starve the
-        # sparse convolutions of neighbours and train on scans unlike those seen at inference.
-        paired = np.sort(rng.choice(paired, config.max_paired, replace=False))
-    if config.augment:
-        points = (points @ _augmentation(rng).T).astype(np.float32)
-    groups = np.zeros(0, np.int64)
-    if len(paired):
-        groups = voxelize(points[paired], config.st_grid_m).point_to_voxel.numpy()
-    split = np.cumsum(np.bincount(sweep_index, minlength=len(counts)))[:-1]
-    return Sample(points=np.split(points, split), intensity=np.split(intensity_all, split), pseudo=pseudo,
-                  paired=paired, pixel_features=pixel_features[torch.from_numpy(paired)], groups=groups, truth=truth)
+def check_grid(train: TrainConfig, student: StudentConfig) -> None:
+    """The spatial-temporal grid must not be finer than the student's voxels (points in one voxel share one
+    feature, so cells inside a voxel would group copies of the same feature)."""
+    if train.spatial_temporal and train.st_grid_m < student.voxel_size_m:
+        raise ValueError(f"train.st_grid_m ({train.st_grid_m}) is smaller than student.voxel_size_m "
+                         f"({student.voxel_size_m}): set train.st_grid_m to at least the voxel size")
 
 
 class Pretrainer:
-    """Owns the loop: data order, batches, losses, optimiser, schedule, checkpoints and the log."""
+    """Owns the loop: data order, batches, losses, optimiser, schedule, mean teacher, checkpoints and the log."""
 
     def __init__(self, sources: list[FrameSource], teacher: Teacher, student_config: StudentConfig,
                  config: TrainConfig, out: Path, device: torch.device, extra: dict | None = None,
                  progress: bool = True):
+        check_grid(config, student_config)
         self.sources, self.teacher, self.config, self.out = sources, teacher, config, Path(out)
         self.device, self.extra, self.progress = device, extra or {}, progress
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -162,6 +143,9 @@ class Pretrainer:
         self.student = Student(student_config).to(device)
         self.optimizer = make_optimizer(self.student.parameters(), config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.mean_teacher = MeanTeacher(self.student, config.ema_decay) if config.self_training else None
+        self.self_training_from: int | None = None   # the epoch self-training started at
+        self.label_maps: dict[tuple[int, str], LabelMap] = {}
         self.epoch = 0
         self.history: list[dict] = []
 
@@ -180,12 +164,17 @@ class Pretrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
+        self.self_training_from = state.get("self_training_from")
+        if self.mean_teacher is not None and "mean_teacher" in state:
+            self.mean_teacher.load_state_dict(state["mean_teacher"])
         log.info("resumed from %s at epoch %d", path, self.epoch)
 
     def _save(self) -> Path:
         training = {"epoch": self.epoch, "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(), "history": self.history,
-                    "config": asdict(self.config)}
+                    "config": asdict(self.config), "self_training_from": self.self_training_from}
+        if self.mean_teacher is not None:
+            training["mean_teacher"] = self.mean_teacher.state_dict()
         path = save_checkpoint(self.out / "checkpoints" / f"epoch_{self.epoch:03d}.pt", self.student,
                                training=training, text_embeddings=self.text.cpu(),
                                teacher=self.teacher.identity, text_encoder=self.teacher.text_encoder.identity,
@@ -193,48 +182,89 @@ class Pretrainer:
         (self.out / "checkpoints" / "last.pt").write_bytes(path.read_bytes())
         return path
 
+    # -- label consolidation --------------------------------------------------------------------
+
+    def consolidate(self) -> None:
+        """Vote every drive's pseudo labels into its world voxel map (once, before the first epoch)."""
+        config = self.config
+        for source_index, source in enumerate(self.sources):
+            if not getattr(source, "has_poses", True):
+                log.warning("source %d has no ego poses: its labels are not consolidated", source_index)
+                continue
+            for frame in tqdm(source, desc=f"consolidating source {source_index + 1}/{len(self.sources)}",
+                              unit="frame", disable=not self.progress or self.rank != 0):
+                key = (source_index, drive_of(frame))
+                if key not in self.label_maps:
+                    self.label_maps[key] = LabelMap(config.consolidation_voxel_m, len(self.text),
+                                                    config.consolidation_min_views)
+                pairing = pair_frame(frame, self.teacher, config.sweeps, config.occlusion_tolerance)
+                self.label_maps[key].add(transform_points(frame.lidar_pose, pairing.points), pairing.labels)
+        for label_map in self.label_maps.values():
+            label_map.finish()
+
     # -- one step ---------------------------------------------------------------------------------
 
-    def _samples(self, epoch: int, positions: list[int]) -> list[Sample]:
+    def _samples(self, epoch: int, positions: list[int], candidates: bool) -> list[Sample]:
         samples = []
         for position in positions:
             source_index, frame_index = self.index[position]
             frame = self.sources[source_index][frame_index]
-            samples.append(prepare_sample(frame, self.teacher, self.config,
-                                          _rng(self.config.seed, epoch, position, 1)))
+            samples.append(prepare_sample(frame, self.teacher, self.config, seeded_rng(self.config.seed, epoch,
+                                          position, 1), self.label_maps.get((source_index, drive_of(frame))),
+                                          candidates))
         return samples
 
-    def _losses(self, samples: list[Sample], epoch: int, positions: list[int]) -> dict[str, torch.Tensor]:
+    def _losses(self, samples: list[Sample], batch: VoxelBatch, epoch: int, positions: list[int],
+                self_training: bool) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
         config = self.config
-        scans = [(p, i) for sample in samples for p, i in zip(sample.points, sample.intensity)]
-        batch = make_batch(scans, self.student.config.voxel_size_m).to(self.device)
-        # Only paired points enter the losses: ask the student for those alone.
         offsets = np.cumsum([0] + [sum(len(p) for p in sample.points) for sample in samples])
-        paired = torch.from_numpy(np.concatenate([sample.paired + offset for sample, offset in zip(samples, offsets)]))
-        semantic, local = self.student(batch, paired.to(self.device), normalize=config.normalize)
-        self_training = config.self_training and epoch >= config.self_training_start * config.epochs
-        totals = {"semantic": [], "spatial_temporal": []}
+        index = torch.from_numpy(np.concatenate([sample.index + offset for sample, offset in zip(samples, offsets)]))
+        index = index.to(self.device)
+        semantic, local = self.student(batch, index, normalize=config.normalize)
+        if self_training:
+            ema_labels, ema_confidence = self.mean_teacher.predict(batch, index, self.text, config.tau)
+            trusted = confident(ema_labels, ema_confidence, config.self_training_share, len(self.text))
+        totals = {"semantic": [], "spatial_temporal": [], "distillation": []}
+        counts = {"agree": 0, "held_out": 0, "self_trained": 0, "loss_points": 0}
+        semantic_loss = SEMANTIC_LOSSES[config.semantic_loss]
+
+        def device(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(array).to(self.device)
+
         start = 0
         for sample, position in zip(samples, positions):
-            rows = slice(start, start + len(sample.paired))
+            rows = slice(start, start + len(sample.index))
+            start += len(sample.index)
             features = semantic[rows]
-            teacher_labels = torch.from_numpy(sample.pseudo[sample.paired]).to(self.device)
-            labels = teacher_labels
-            if self_training and len(sample.paired):
-                own = (features.detach() @ self.text.T).argmax(1)
-                switch = _rng(config.seed, epoch, position, 2).random(len(sample.paired)) \
-                    < config.self_training_probability
-                labels = torch.where(torch.from_numpy(switch).to(self.device), own, teacher_labels)
-            loss = semantic_infonce if config.semantic_loss == "infonce" else semantic_cross_entropy
-            totals["semantic"].append(loss(features, labels, self.text, config.tau))
+            labels = device(sample.labels)
+            held_out, paired = device(sample.held_out), device(sample.paired)
+            if held_out.any():
+                guess = (features[held_out].detach() @ self.text.T).argmax(1)
+                counts["agree"] += int((guess == device(sample.teacher_labels)[held_out]).sum())
+                counts["held_out"] += int(held_out.sum())
+            if self_training:
+                switch = device(seeded_rng(config.seed, epoch, position, 2).random(len(sample.index))
+                                < config.self_training_probability) | (labels == IGNORE)
+                switch &= trusted[rows] & ~held_out
+                labels = torch.where(switch, ema_labels[rows], labels)
+                counts["self_trained"] += int(switch.sum())
+            train = ~held_out & (labels != IGNORE)
+            counts["loss_points"] += int(train.sum())
+            totals["semantic"].append(semantic_loss(features[train], labels[train], self.text, config.tau))
+            train_paired = train & paired
+            pixel_features = sample.pixel_features.to(self.device)[train_paired]
             if config.spatial_temporal:
+                # Groups are renumbered: held-out points may have left some empty.
+                groups = torch.unique(device(sample.groups)[train_paired], return_inverse=True)[1]
                 totals["spatial_temporal"].append(spatial_temporal(
-                    local[rows], sample.pixel_features.to(self.device), self.text[teacher_labels],
-                    torch.from_numpy(sample.groups).to(self.device), config.attention_tau))
-            start += len(sample.paired)
+                    local[rows][train_paired], pixel_features, self.text[device(sample.labels)[train_paired]],
+                    groups, config.attention_tau))
+            if config.distill_weight:
+                totals["distillation"].append(feature_distillation(features[train_paired], pixel_features))
         result = {name: torch.stack(values).mean() for name, values in totals.items() if values}
-        result["loss"] = result["semantic"] + config.st_weight * result.get("spatial_temporal", 0.0)
-        return result
+        result["loss"] = result["semantic"] + config.st_weight * result.get("spatial_temporal", 0.0) + \
+            config.distill_weight * result.get("distillation", 0.0)
+        return result, counts
 
     def _average_gradients(self) -> None:
         if self.world > 1:
@@ -243,40 +273,72 @@ class Pretrainer:
                     dist.all_reduce(parameter.grad)
                     parameter.grad /= self.world
 
+    def _self_training(self, epoch: int) -> bool:
+        """Self-training is on from the first epoch at or past self_training_start whose previous epoch's
+        held-out agreement with the teacher reached self_training_agreement; once on, it stays on."""
+        config = self.config
+        if self.mean_teacher is None:
+            return False
+        if self.self_training_from is None and epoch >= config.self_training_start * config.epochs and \
+                self.history and self.history[-1].get("agreement", 0.0) >= config.self_training_agreement:
+            self.self_training_from = epoch
+            log.info("self-training from epoch %d (held-out agreement with the teacher %.3f)", epoch + 1,
+                     self.history[-1]["agreement"])
+        return self.self_training_from is not None
+
     # -- the loop ---------------------------------------------------------------------------------
 
     def run(self) -> list[dict]:
         config = self.config
         self.out.mkdir(parents=True, exist_ok=True)
+        if config.consolidate and not self.label_maps and self.epoch < config.epochs:
+            self.consolidate()
         per_process = config.batch_size // self.world
         steps = max(1, len(self.index) // config.batch_size)
         while self.epoch < config.epochs:
             epoch = self.epoch
+            self_training = self._self_training(epoch)
             self.student.train()
-            order = _rng(config.seed, epoch, 0, 0).permutation(len(self.index))
+            order = seeded_rng(config.seed, epoch, 0, 0).permutation(len(self.index))
             sums: dict[str, float] = {}
+            counts: dict[str, int] = {}
+            recent: deque[VoxelBatch] = deque(maxlen=config.bn_recalibration)
             started = time.perf_counter()
             bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
                        disable=not self.progress or self.rank != 0)
             for step in bar:
                 chunk = order[step * config.batch_size:(step + 1) * config.batch_size].tolist()
                 mine = chunk[self.rank * per_process:(self.rank + 1) * per_process]
-                losses = self._losses(self._samples(epoch, mine), epoch, mine)
+                samples = self._samples(epoch, mine, candidates=self_training)
+                scans = [(p, i) for sample in samples for p, i in zip(sample.points, sample.intensity)]
+                batch = make_batch(scans, self.student.config.voxel_size_m).to(self.device)
+                recent.append(batch)
+                losses, step_counts = self._losses(samples, batch, epoch, mine, self_training)
                 self.optimizer.zero_grad(set_to_none=True)
                 losses["loss"].backward()
                 self._average_gradients()
                 self.optimizer.step()
+                if self.mean_teacher is not None:
+                    self.mean_teacher.update(self.student)
                 for name, value in losses.items():
                     sums[name] = sums.get(name, 0.0) + float(value.detach())
+                for name, value in step_counts.items():
+                    counts[name] = counts.get(name, 0) + value
                 bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
             elapsed = time.perf_counter() - started
-            if self.world > 1:  # every process logged its own scans' losses: average them
-                names = sorted(sums)
-                totals = torch.tensor([sums[name] for name in names], dtype=torch.float64)
+            recalibrate_batchnorm(self.student, list(recent))
+            names = sorted(sums)
+            totals = torch.tensor([sums[name] / self.world for name in names] +
+                                  [float(counts[name]) for name in sorted(counts)], dtype=torch.float64)
+            if self.world > 1:  # every process logged its own scans: average the losses, sum the counts
                 dist.all_reduce(totals)
-                sums = dict(zip(names, (totals / self.world).tolist()))
+            sums = dict(zip(names, totals[:len(names)].tolist()))
+            counts = dict(zip(sorted(counts), totals[len(names):].tolist()))
             record = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
                       **{name: value / steps for name, value in sums.items()},
+                      "agreement": counts["agree"] / max(counts["held_out"], 1),
+                      "self_training": int(self_training),
+                      "self_trained": counts["self_trained"] / max(counts["loss_points"], 1),
                       "scans_per_s": steps * config.batch_size / elapsed}
             self.scheduler.step()
             self.epoch += 1
@@ -306,7 +368,7 @@ def write_log(out: Path, history: list[dict]) -> None:
 
     figure, axis = plt.subplots(figsize=(6, 3.5))
     epochs = [r["epoch"] for r in history]
-    for name in ("loss", "semantic", "spatial_temporal"):
+    for name in ("loss", "semantic", "spatial_temporal", "distillation"):
         if name in history[0]:
             axis.plot(epochs, [r[name] for r in history], marker="o", label=name)
     axis.set_xlabel("epoch")

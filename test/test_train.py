@@ -13,13 +13,11 @@ import pytest
 import torch
 
 from clip2scene_core.data import FrameList, open_source
-from clip2scene_core.evaluate import evaluate_source
-from clip2scene_core.segmenter import Segmenter
 from clip2scene_core.student.checkpoint import CheckpointError, StudentModel, load_student, read_checkpoint
 from clip2scene_core.student.network import StudentConfig
-from clip2scene_core.teacher import build_teacher
+from clip2scene_core.teacher import build_teacher, predict_points
 from clip2scene_core.train import Pretrainer, TrainConfig
-from clip2scene_core.vocabulary import load_vocabulary
+from clip2scene_core.vocabulary import IGNORE, load_vocabulary
 
 SCENE = "synthetic:frames=3,seed=2,cameras=2,width=128,height=72,sweeps=1,beams=16"  # half the points: fast steps
 
@@ -42,29 +40,39 @@ def trainer(scene, vocabulary, out, **overrides) -> Pretrainer:
                       torch.device("cpu"), extra={"vocabulary": vocabulary.to_dict()}, progress=False)
 
 
-def in_view_miou(pretrainer: Pretrainer, scene, vocabulary) -> float:
-    model = StudentModel(pretrainer.student, vocabulary, pretrainer.teacher.text_encoder)
-    evaluation, _ = evaluate_source(scene, Segmenter(vocabulary, "student", student=model), progress=False)
-    pretrainer.student.train()
-    return evaluation.in_view.miou()
-
-
 @pytest.mark.slow
-def test_a_tiny_scene_is_learned(scene, vocabulary, tmp_path):
-    single = FrameList(scene.frames[:1])
-    run = trainer(single, vocabulary, tmp_path, epochs=30, sweeps=1, spatial_temporal=False, self_training=False,
-                  augment=False, max_paired=2000, schedule="constant", lr=5e-3)
-    before = in_view_miou(run, single, vocabulary)
+def test_one_frame_is_fitted_with_the_default_recipe(vocabulary, tmp_path):
+    """A label-image teacher, one camera, 30 epochs of the default recipe: the student gets its in-view training
+    points right. (Before the temperature and BatchNorm fixes, 1 % of them.)"""
+    frame = open_source("synthetic:frames=1,seed=0,cameras=1,width=320,height=180,beams=16")[0]
+    teacher = build_teacher("labels", vocabulary, text_encoder="hash")
+    run = Pretrainer([FrameList([frame])], teacher, StudentConfig(), TrainConfig(epochs=30), tmp_path,
+                     torch.device("cpu"), progress=False)
     history = run.run()
-    after = in_view_miou(run, single, vocabulary)
-    assert history[-1]["loss"] < 0.85 * history[0]["loss"]
-    assert after > before + 0.1, (before, after)
+    labels, _ = StudentModel(run.student, vocabulary, teacher.text_encoder).predict(frame)
+    pairs = predict_points(teacher.predict(frame.cameras), frame.points, frame.cameras)
+    seen = pairs.labels != IGNORE
+    assert (labels[seen] == pairs.labels[seen]).mean() > 0.8
+    assert history[-1]["loss"] < 0.5 * history[0]["loss"]
+
+
+def test_a_grid_finer_than_the_voxels_is_an_error_naming_both_keys(scene, vocabulary, tmp_path):
+    with pytest.raises(ValueError, match=r"train.st_grid_m \(0.1\) is smaller than student.voxel_size_m \(0.2\)"):
+        Pretrainer([scene], build_teacher("noisy:0.0", vocabulary, text_encoder="hash"),
+                   StudentConfig(preset="tiny", voxel_size_m=0.2), TrainConfig(st_grid_m=0.1), tmp_path, "cpu")
+    from clip2scene_core.config import ConfigError, load_config
+    path = tmp_path / "config.yaml"
+    path.write_text("student: {voxel_size_m: 0.2}\ntrain: {st_grid_m: 0.1}\n")
+    with pytest.raises(ConfigError, match="train.st_grid_m .* student.voxel_size_m"):
+        load_config(path)
+    path.write_text("student: {voxel_size_m: 0.2}\ntrain: {st_grid_m: 0.1, spatial_temporal: false}\n")
+    assert load_config(path).train.st_grid_m == 0.1  # no groups, no constraint
 
 
 def test_resuming_ends_exactly_where_an_unbroken_run_ends(scene, vocabulary, tmp_path):
-    unbroken = trainer(scene, vocabulary, tmp_path / "a", self_training_start=0.5)
+    unbroken = trainer(scene, vocabulary, tmp_path / "a")
     unbroken.run()
-    resumed = trainer(scene, vocabulary, tmp_path / "b", self_training_start=0.5)
+    resumed = trainer(scene, vocabulary, tmp_path / "b")
     resumed.resume(tmp_path / "a" / "checkpoints" / "epoch_001.pt")  # as if stopped after the first epoch
     assert resumed.epoch == 1
     resumed.run()

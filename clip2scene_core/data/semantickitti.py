@@ -142,6 +142,8 @@ class SemanticKitti(FrameSource):
             raise SourceError(f"no sequences with a velodyne/ folder in {folder}")
         self.sequences = [self._load_sequence(folder / name) for name in wanted]
         self._index = [(s, k) for s, sequence in enumerate(self.sequences) for k in range(len(sequence.scans))]
+        # Without poses.txt every scan sits at the origin: nothing may be voted across scans.
+        self.has_poses = all(sequence.lidar_poses is not None for sequence in self.sequences)
 
     @staticmethod
     def _sequence_name(text: str) -> str:

@@ -15,7 +15,7 @@ import torch
 
 from ..frame import Frame
 from ..vocabulary import Vocabulary
-from .network import Student, StudentConfig, make_batch
+from .network import Classifier, Student, StudentConfig, make_batch
 
 FORMAT = "clip2scene-student-1"
 
@@ -146,7 +146,6 @@ def load_student(path: str | Path, device="cpu", vocabulary: Vocabulary | None =
                               f"not {text_encoder.identity!r}; zero-shot labels need the same text encoder")
     classifier = None
     if "classifier" in payload:
-        from ..finetune import Classifier
         stored = payload["classifier"]
         classifier = Classifier(stored["weight"], stored["scale"])
         classifier.bias.data.copy_(stored["bias"])

@@ -94,7 +94,7 @@ class SparseBatchNorm(nn.BatchNorm1d):
         var = stats[channels:2 * channels] / total - mean * mean
         with torch.no_grad():
             self.num_batches_tracked += 1
-            momentum = self.momentum
+            momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
             self.running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
             unbiased = var.detach() * total / max(float(total) - 1, 1.0)
             self.running_var.mul_(1 - momentum).add_(momentum * unbiased)
@@ -244,3 +244,40 @@ class Student(nn.Module):
             raise ValueError(f"text embeddings have {embeddings.shape[1]} dimensions, the student's head "
                              f"{self.config.embed_dim}: they come from another text encoder")
         self.text_embeddings = embeddings.float()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(network: nn.Module, batches: list[VoxelBatch]) -> None:
+    """Set every BatchNorm's running statistics to their exact average over `batches` (precise BN).
+
+    Running averages with momentum trail the weights: after a short or fast run they describe a network
+    from many steps ago, and the evaluated network (which uses them) is not the trained one.
+    """
+    norms = [module for module in network.modules() if isinstance(module, nn.BatchNorm1d)]
+    if not batches or not norms:
+        return
+    momenta = [module.momentum for module in norms]
+    training = network.training
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None  # a cumulative average
+    network.train()
+    for batch in batches:
+        network.voxel_features(batch)
+    for module, momentum in zip(norms, momenta):
+        module.momentum = momentum
+    network.train(training)
+
+
+class Classifier(nn.Module):
+    """logits = scale * (W normalised-feature + b), W initialised from the class text embeddings (fine-tuning)."""
+
+    def __init__(self, text_embeddings: torch.Tensor, scale: float = 10.0):
+        super().__init__()
+        self.classes: list[str] = []
+        self.weight = nn.Parameter(text_embeddings.clone().float())
+        self.bias = nn.Parameter(torch.zeros(len(text_embeddings)))
+        self.scale = scale
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.scale * (features @ self.weight.T + self.bias)
