@@ -60,8 +60,10 @@ def summary() -> list[tuple[str, str, str]]:
                      f"RSS {row['rss_start_mb']:.0f} -> {row['rss_end_mb']:.0f} MB, slope "
                      f"{row['slope_mb_per_1000']:.2f} MB/1000 msgs", "flat"))
     for row in load("ablation").get("rows", []):
-        rows.append((f"ablation: {row['row']}", f"mIoU {row['miou_all']:.1f} all / {row['miou_in_view']:.1f} in view",
-                     ""))
+        seeds = row.get("seeds", 1)
+        spread = f" +- {row['miou_all_std']:.1f}" if seeds > 1 else ""
+        rows.append((f"ablation: {row['row']}", f"mIoU {row['miou_all']:.1f}{spread} all / {row['miou_in_view']:.1f} "
+                     f"in view" + (f", {seeds} seeds" if seeds > 1 else ""), ""))
     return rows
 
 
