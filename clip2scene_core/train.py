@@ -84,7 +84,7 @@ class TrainConfig:
     attention_tau: float = 1.0          # paper 1
     occlusion_tolerance: float | None = 0.3
     distill_weight: float = 0.0
-    consolidate: bool = True            # measured to help (README, ablation)
+    consolidate: bool = False           # helps dense recordings, hurt the ablation (README)
     consolidation_voxel_m: float = 0.5
     consolidation_min_views: int = 2
     self_training: bool = False         # measured to cost mIoU here (README, ablation)

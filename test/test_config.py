@@ -12,7 +12,7 @@ def write(tmp_path, text: str):
 
 
 def test_defaults_and_overrides(tmp_path):
-    assert load_config().train.lr == 0.1 and load_config().clip.image_size == (224, 416)
+    assert load_config().train.lr == 2e-3 and load_config().clip.image_size == (224, 416)
     config = load_config(write(tmp_path, "train: {lr: 1, sweeps: 2}\nclip: {image_size: [224, 448]}\n"
                                          "student: {preset: tiny}\n"))
     assert config.train.lr == 1.0 and isinstance(config.train.lr, float) and config.train.sweeps == 2
@@ -29,7 +29,7 @@ def test_defaults_and_overrides(tmp_path):
     ("train: {epochs: ten}", "train.epochs: expected int, got str"),
     ("train: {augment: 1}", "train.augment: expected bool, got int"),
     ("clip: {image_size: [224]}", "clip.image_size: expected 2 values"),
-    ("train: {semantic_loss: mse}", "semantic_loss must be infonce or cross_entropy"),
+    ("train: {semantic_loss: mse}", "train.semantic_loss must be one of infonce, cross_entropy, symmetric"),
     ("student: {preset: huge}", "student.preset must be one of"),
     ("train: [1, 2]", "train: expected a mapping"),
     ("train: {lr: 0.1", "not valid YAML"),
