@@ -55,7 +55,8 @@ def scene():
 def run(scene, tmp_path, **settings):
     vocabulary = load_vocabulary("nuscenes")
     teacher = build_teacher("noisy:0.0", vocabulary, text_encoder="hash")
-    config = TrainConfig(**{**dict(epochs=4, batch_size=1, sweeps=1, max_paired=800, seed=1), **settings})
+    config = TrainConfig(**{**dict(epochs=4, batch_size=1, sweeps=1, max_paired=800, seed=1, self_training=True),
+                            **settings})
     trainer = Pretrainer([scene], teacher, StudentConfig(preset="tiny"), config, tmp_path, torch.device("cpu"),
                          progress=False)
     return trainer, trainer.run()
@@ -74,7 +75,7 @@ def test_self_training_waits_for_agreement_and_labels_points_outside_the_cameras
 
 
 def test_resuming_with_a_mean_teacher_ends_exactly_where_an_unbroken_run_ends(scene, tmp_path):
-    settings = dict(self_training_start=0.5, self_training_agreement=0.0, epochs=3)
+    settings = dict(self_training=True, self_training_start=0.5, self_training_agreement=0.0, epochs=3)
     unbroken, _ = run(scene, tmp_path / "a", **settings)
     vocabulary = load_vocabulary("nuscenes")
     teacher = build_teacher("noisy:0.0", vocabulary, text_encoder="hash")
