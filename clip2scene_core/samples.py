@@ -72,12 +72,12 @@ def occluded_in_keyframe(points: np.ndarray, sweep_index: np.ndarray, camera_of:
     nothing can be told, and the point is kept.
     """
     hidden = np.zeros(len(points), bool)
+    keyframe = points[sweep_index == 0]
     for index, camera in enumerate(cameras):
         older = np.flatnonzero((sweep_index > 0) & (camera_of == index))
-        keyframe = np.flatnonzero(sweep_index == 0)
         if len(older) == 0 or len(keyframe) == 0:
             continue
-        mine = project(points[keyframe], camera)
+        mine = project(keyframe, camera)
         rows, cols = mine.pixels[mine.valid].T
         flat = torch.full((camera.height * camera.width,), float("inf"))
         flat = flat.scatter_reduce(0, torch.from_numpy(rows * camera.width + cols),
