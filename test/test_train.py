@@ -131,14 +131,17 @@ def test_checkpoint_round_trip_and_refusals(scene, vocabulary, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(run=False, reason="regression of the 2026-12-02 pretraining rework: two gloo processes end "
-                   "up to 4e-5 away from one process (passes on 9dcb2de); not a loss, tau or BN-recalibration "
-                   "difference (ruled out one by one); see the issue 9 note")
 def test_two_processes_agree_with_one(tmp_path):
     """torchrun with 2 gloo processes, batch 2 split 1 + 1, against one process with batch 2.
 
     SGD, because its update is proportional to the gradient: Adam's first steps are about lr * sign(g)
     and turn float rounding in near-zero gradients into lr-sized differences.
+
+    The runs agree exactly in float64 (first-step gradients within 4e-14, measured by casting the student);
+    in float32 the summation order differs, and with tau 0.07 and BatchNorm layers of a few hundred voxels
+    the rounding grows to 5.5e-5 of the weights' norm and 6.4e-4 of the running statistics' after two epochs.
+    Per-process BatchNorm statistics (the bug this guards against) give 2.4e-3 and 6.7e-2, and losses 4.7e-4
+    apart (rounding: 3.5e-6). The bounds sit between, about 10x from each.
     """
     config = tmp_path / "config.yaml"
     config.write_text("student: {preset: tiny}\nteacher: {text_encoder: hash}\n"
@@ -156,7 +159,10 @@ def test_two_processes_agree_with_one(tmp_path):
     assert double.returncode == 0, double.stderr[-3000:]
     one = read_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt")
     two = read_checkpoint(tmp_path / "two" / "checkpoints" / "last.pt")
-    for name, value in one["state_dict"].items():
-        assert torch.allclose(value.float(), two["state_dict"][name].float(), atol=1e-5), name
+    for part, bound in (("weights", 5e-4), ("running", 5e-3)):
+        names = [name for name, value in one["state_dict"].items()
+                 if value.is_floating_point() and ("running" in name) == (part == "running")]
+        a, b = (torch.cat([run["state_dict"][n].float().flatten() for n in names]) for run in (one, two))
+        assert float((a - b).norm() / a.norm()) < bound, part
     for a, b in zip(one["training"]["history"], two["training"]["history"]):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["loss"] == pytest.approx(b["loss"], rel=5e-5)
