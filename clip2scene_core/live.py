@@ -43,6 +43,7 @@ class LiveStats:
     skipped_clouds: int = 0
     skipped_images: int = 0
     rejected_infos: int = 0
+    failed: int = 0  # sweeps the segmenter raised on (logged with the error; the next one is served)
     errors: deque = field(default_factory=lambda: deque(maxlen=50))
 
 
@@ -51,12 +52,14 @@ class LivePipeline:
 
     calibration: static transforms connecting the clouds' and images' header frame_ids; without it,
     cameras cannot be placed and the frames are LiDAR-only.
+    defer: add_*/poll/flush return the released groups, each with its release time, for the caller to
+    process() elsewhere (the node's worker thread), instead of segmenting them inline.
     """
 
     def __init__(self, segmenter: Segmenter | None, camera_names: list[str], calibration: TransformTree | None,
                  slop_ms: float = 50.0, offsets_ms: dict[str, float] | None = None, timeout_ms: float | None = 100.0,
-                 label_field: str | None = "label", label_wait_ms: float = 100.0):
-        self.segmenter = segmenter
+                 label_field: str | None = "label", label_wait_ms: float = 100.0, defer: bool = False):
+        self.segmenter, self.defer = segmenter, defer
         self.camera_names = list(camera_names)
         self.calibration = calibration
         self.label_field = label_field
@@ -113,19 +116,18 @@ class LivePipeline:
     def _labels_in(self, group) -> bool:
         return all(group.camera_stamps_ns[name] in self.label_images[name] for name in group.cameras)
 
-    def _run(self, groups, now_ns: int, final: bool = False) -> list[LiveResult]:
+    def _run(self, groups, now_ns: int, final: bool = False) -> list:
         self.waiting.extend((group, now_ns) for group in groups)
-        results = []
+        ready = []
         while self.waiting:
             group, released = self.waiting[0]
             if (self.expects_labels and not final and not self._labels_in(group)
                     and now_ns - released < self.label_wait_ns):
                 break
-            self.waiting.popleft()
-            result = self.process(group, now_ns)
-            if result is not None:
-                results.append(result)
-        return results
+            ready.append(self.waiting.popleft()[0])
+        if self.defer:
+            return [(group, now_ns) for group in ready]
+        return [result for result in (self.process(group, now_ns) for group in ready) if result is not None]
 
     def build_frame(self, group, now_ns: int) -> tuple[Frame, dict[str, float]] | None:
         """Decode a released group into a Frame; None (with the reason in stats.errors) for a bad cloud.
@@ -188,7 +190,14 @@ class LivePipeline:
         if self.segmenter is None:
             segmentation = Segmentation(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, bool))
         else:
-            segmentation = self.segmenter.segment(frame)
+            try:
+                segmentation = self.segmenter.segment(frame)
+            except Exception as error:  # one sweep the segmenter cannot take must not end the stream
+                self.stats.failed += 1
+                log.debug("segmentation failed", exc_info=True)
+                self._error(f"segmenting the {len(frame.points)}-point sweep at t="
+                            f"{frame.stamp_ns * 1e-9:.3f} s failed ({type(error).__name__}: {error}); skipped")
+                return None
             timings.update(segmentation.timings_ms)
         self.stats.processed += 1
         return LiveResult(frame, segmentation, timings, [c.name for c in frame.cameras], list(group.missing),

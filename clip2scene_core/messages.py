@@ -8,11 +8,12 @@ either side wraps into its own message classes. No ROS import here.
 from __future__ import annotations
 
 import io
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
 import pointcloud2
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 # sensor_msgs/PointField datatypes.
 POINT_FIELD_TYPES = {1: np.int8, 2: np.uint8, 3: np.int16, 4: np.uint16, 5: np.int32, 6: np.uint32, 7: np.float32,
@@ -65,12 +66,7 @@ def decode_cloud(msg, label_field: str | None = "label", what: str = "PointCloud
     missing = [axis for axis in "xyz" if axis not in names]
     if missing:
         raise MessageError(f"{what}: no {'/'.join(missing)} field (fields are {names}); publish x, y, z as floats")
-    for field in msg.fields:
-        if field.datatype not in POINT_FIELD_TYPES:
-            raise MessageError(f"{what}: field {field.name!r} has unknown datatype {field.datatype}")
-        end = field.offset + np.dtype(POINT_FIELD_TYPES[field.datatype]).itemsize * max(field.count, 1)
-        if end > msg.point_step:
-            raise MessageError(f"{what}: field {field.name!r} ends at byte {end}, beyond point_step {msg.point_step}")
+    _check_fields(msg, label_field, what)
     width, height = int(msg.width), int(msg.height)
     if width * height and msg.row_step < width * msg.point_step:
         raise MessageError(f"{what}: row_step {msg.row_step} is smaller than width {width} x point_step "
@@ -102,6 +98,32 @@ def decode_cloud(msg, label_field: str | None = "label", what: str = "PointCloud
     if label_field and label_field in names:
         labels = records[label_field][keep].astype(np.int64)
     return DecodedCloud(xyz[keep], fields, labels, stamp_ns, frame_id, dropped)
+
+
+def _check_fields(msg, label_field: str | None, what: str) -> None:
+    """Every field known, inside the point, apart from the others; the ones decoded hold one value each."""
+    names = [f.name for f in msg.fields]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise MessageError(f"{what}: field {repeated[0]!r} appears {names.count(repeated[0])} times; each field "
+                           f"name must be unique")
+    read = {"x", "y", "z", label_field, *(alias for aliases in FIELD_ALIASES.values() for alias in aliases)}
+    spans = []
+    for field in msg.fields:
+        if field.datatype not in POINT_FIELD_TYPES:
+            raise MessageError(f"{what}: field {field.name!r} has unknown datatype {field.datatype}")
+        if field.name in read and field.count > 1:
+            raise MessageError(f"{what}: field {field.name!r} has count {field.count}; it must hold one value per "
+                               f"point (count 1)")
+        end = field.offset + np.dtype(POINT_FIELD_TYPES[field.datatype]).itemsize * max(field.count, 1)
+        if end > msg.point_step:
+            raise MessageError(f"{what}: field {field.name!r} ends at byte {end}, beyond point_step {msg.point_step}")
+        spans.append((field.offset, end, field.name))
+    spans.sort()
+    for (_, end, name), (start, _, following) in itertools.pairwise(spans):
+        if start < end:
+            raise MessageError(f"{what}: field {following!r} starts at byte {start}, inside field {name!r} (which "
+                               f"ends at {end}); the fields' offsets overlap")
 
 
 class _CloudView:
@@ -177,6 +199,7 @@ _CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8UC1": 1
              "mono16": 1, "16UC1": 1, "32SC1": 1, "32FC1": 1, "16SC1": 1}
 _DEPTH = {"mono16": np.uint16, "16UC1": np.uint16, "16SC1": np.int16, "32SC1": np.int32, "32FC1": np.float32}
 BAYER_PATTERNS = ("bayer_rggb8", "bayer_bggr8", "bayer_gbrg8", "bayer_grbg8")
+MAX_IMAGE_PIXELS = 50_000_000  # 8K is 33 Mpx; PIL's own bomb check allows 89 Mpx with a warning
 
 
 def _image_array(msg, what: str) -> np.ndarray:
@@ -190,6 +213,7 @@ def _image_array(msg, what: str) -> np.ndarray:
         raise MessageError(f"{what}: unsupported image encoding {encoding!r}; use one of "
                            f"{sorted(_CHANNELS) + list(BAYER_PATTERNS)} or a CompressedImage (jpeg/png)")
     height, width = int(msg.height), int(msg.width)
+    _check_size(width, height, what)
     row_bytes = width * channels * dtype.itemsize
     if msg.step < row_bytes:
         raise MessageError(f"{what}: step {msg.step} is smaller than width x pixel size = {row_bytes}")
@@ -216,14 +240,25 @@ def _demosaic(raw: np.ndarray, pattern: str) -> np.ndarray:
     return out
 
 
+def _check_size(width: int, height: int, what: str) -> None:
+    if width <= 0 or height <= 0 or width * height > MAX_IMAGE_PIXELS:
+        raise MessageError(f"{what}: {width}x{height} pixels is outside 1..{MAX_IMAGE_PIXELS} pixels "
+                           f"(the largest camera image decoded); skipped before decoding")
+
+
 def decode_image(msg, what: str = "Image") -> np.ndarray:
-    """sensor_msgs/Image or CompressedImage -> (H, W, 3) uint8 RGB."""
+    """sensor_msgs/Image or CompressedImage -> (H, W, 3) uint8 RGB. Sizes are checked against
+    MAX_IMAGE_PIXELS before anything is decoded (a PNG's header can claim any size)."""
     if hasattr(msg, "format"):  # CompressedImage
         try:
             with Image.open(io.BytesIO(_buffer(msg.data).tobytes())) as image:
+                _check_size(*image.size, what)
                 return np.asarray(image.convert("RGB"))
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise MessageError(f"{what}: cannot decode compressed image (format {msg.format!r}): {error}") from None
+        except MessageError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a codec fed arbitrary bytes can raise anything
+            raise MessageError(f"{what}: cannot decode compressed image (format {msg.format!r}): "
+                               f"{type(error).__name__}: {error}") from None
     array = _image_array(msg, what)
     encoding = msg.encoding
     if encoding in BAYER_PATTERNS:
@@ -296,13 +331,18 @@ def decode_camera_info(msg, what: str = "CameraInfo") -> Intrinsics:
         raise MessageError(f"{what}: K {K.ravel().tolist()} has no valid focal length; calibrate the camera "
                            f"(or fix the driver's camera_info_url)")
     D = np.asarray(msg.d, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(D)):
+        raise MessageError(f"{what}: distortion {D.tolist()} holds NaN or inf; recalibrate the camera")
+    width, height = int(msg.width), int(msg.height)
+    if width <= 0 or height <= 0 or width * height > MAX_IMAGE_PIXELS:
+        raise MessageError(f"{what}: image size {width}x{height} is empty or beyond {MAX_IMAGE_PIXELS} pixels")
     model = msg.distortion_model or "none"
     if not np.any(D):
         model = "none"
     elif model != "plumb_bob":
         raise MessageError(f"{what}: distortion model {model!r} is not supported (plumb_bob or none); "
                            f"publish rectified images (image_rect) with zero distortion instead")
-    return Intrinsics(K / K[2, 2], model, D[:5], int(msg.width), int(msg.height))
+    return Intrinsics(K / K[2, 2], model, D[:5], width, height)
 
 
 def camera_info_values(K: np.ndarray, distortion_model: str, distortion: np.ndarray, width: int,

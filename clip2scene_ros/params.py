@@ -5,7 +5,9 @@ The shipped params files in config/ are checked against these lists by the tests
 
 from __future__ import annotations
 
+import array
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -35,8 +37,49 @@ INPUT_DURABILITY = Param("qos_durability", "volatile", "input QoS durability: vo
                          "they must be transient_local too)", read_only=True)
 
 
+def _is(value, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def check_value(param: Param, value):
+    """value for param, converted to its type; ValueError naming the parameter and what it takes.
+
+    A list parameter takes a list of item_type only: a lone string is refused, not split into letters."""
+    if isinstance(param.default, list):
+        items = list(value) if isinstance(value, (list, tuple, array.array)) else None
+        if items is None or not all(_is(v, param.item_type) for v in items):
+            example = "\"['road', 'car']\"" if param.item_type is str else "'[0.0, 12.5]'"
+            raise ValueError(f"parameter {param.name} must be a list of {param.item_type.__name__} (for example "
+                             f"{example}), got {value!r}")
+        return [param.item_type(v) for v in items]
+    kind = type(param.default)
+    if not _is(value, kind):
+        raise ValueError(f"parameter {param.name} must be a {kind.__name__}, got {value!r}")
+    if param.low is not None and not param.low <= value <= param.high:
+        raise ValueError(f"parameter {param.name} must lie in [{param.low}, {param.high}], got {value!r}")
+    return kind(value)
+
+
+def check_file(name: str, value: str, limit_bytes: int) -> None:
+    """A file named by parameter name must be a regular file of at most limit_bytes: a FIFO or a device
+    would block the node on open, a folder cannot be read. Names that are no path (a shipped vocabulary's)
+    pass; their loaders report them."""
+    path = Path(value).expanduser()
+    if not value or not path.exists():
+        return
+    if not path.is_file():
+        raise ValueError(f"parameter {name}: {value} is not a regular file (a folder, FIFO or device); name a file")
+    if path.stat().st_size > limit_bytes:
+        raise ValueError(f"parameter {name}: {value} is {path.stat().st_size} bytes, more than the {limit_bytes} "
+                         f"this parameter reads; is it the right file?")
+
+
 def declare(node, param: Param):
-    """Declare one parameter and return its value.
+    """Declare one parameter and return its value, checked (check_value).
 
     A list parameter that starts empty has no element type for rclpy to infer, so it is declared
     dynamically typed and its value checked here to be a list of item_type.
@@ -45,11 +88,7 @@ def declare(node, param: Param):
     if isinstance(param.default, list):
         descriptor.dynamic_typing = True
         value = node.declare_parameter(param.name, param.default, descriptor).value
-        value = [] if value is None else list(value)
-        ok = all(isinstance(v, param.item_type) or (param.item_type is float and isinstance(v, int)) for v in value)
-        if not ok:
-            raise ValueError(f"parameter {param.name} must be a list of {param.item_type.__name__}, got {value!r}")
-        return [param.item_type(v) for v in value]
+        return check_value(param, [] if value is None else value)
     if param.low is not None:
         if isinstance(param.default, int) and not isinstance(param.default, bool):
             descriptor.integer_range = [IntegerRange(from_value=int(param.low), to_value=int(param.high), step=0)]

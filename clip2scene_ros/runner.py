@@ -4,17 +4,29 @@ close, shut down; a node raising SystemExit(code) ends the process with that cod
 from __future__ import annotations
 
 import rclpy
+import rclpy.logging
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException
 
 
 def run(node_class, args=None) -> int:
+    """0 after a signal; 2 (the error logged, no traceback) when the node cannot start on its parameters
+    or files; a node raising SystemExit(code) ends with that code."""
     rclpy.init(args=args)
     node, code = None, 0
     try:
-        node = node_class()
+        try:
+            node = node_class()
+        except (ValueError, OSError) as error:  # a bad parameter, a missing or unreadable file
+            rclpy.logging.get_logger(getattr(node_class, "__name__", "node")).error(f"cannot start: {error}")
+            return 2
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RCLError:
+        if rclpy.ok():
+            raise
+        # A signal shut the context down while spin was between waits: the same as a clean shutdown.
     except SystemExit as stop:
         code = int(stop.code or 0)
     finally:

@@ -7,11 +7,17 @@ Segmenter), results come back out as messages. Outputs, relative to the node's n
   segmentation/info      clip2scene_ros/SegmentationInfo: classes, colours, counts, mode, model, stage timings
   segmentation/overlay   sensor_msgs/Image: one camera with the labelled points drawn (publish_overlay)
   /diagnostics           diagnostic_msgs/DiagnosticArray: WARN/ERROR over budget or when inputs stop
-Nothing is decoded or segmented while no output has a subscriber.
+Nothing is decoded or segmented while no output has a subscriber. Decoding and inference run in a worker
+thread on the newest released sweep (older ones are dropped and counted), so subscriptions, timers and
+parameter services answer while a sweep is segmented; SIGINT/SIGTERM end the node within about a second
+whatever the worker is computing.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 import time
 
 import numpy as np
@@ -35,10 +41,13 @@ from clip2scene_core.vocabulary import IGNORE, Vocabulary, VocabularyError, load
 
 from . import conversions
 from .msg import SegmentationInfo
-from .params import INPUT_DURABILITY, Param, declare_all, qos_profile
+from .params import INPUT_DURABILITY, Param, check_file, check_value, declare_all, qos_profile
 from .runner import run
+from .worker import LatestWorker
 
 UNLABELLED = 65535
+TEXT_FILE_LIMIT = 1 << 20      # vocabulary, config and calibration YAML files
+CHECKPOINT_LIMIT = 4 << 30
 
 
 def vocabulary_from(file_or_name: str, names: list[str], prompts: list[str]) -> Vocabulary:
@@ -91,9 +100,14 @@ PARAMETERS = [
 
 
 class SegmentNode(Node):
+    abandoned = False  # set when shutdown left the worker computing: main() then exits without waiting
+
     def __init__(self):
         super().__init__("clip2scene_segmenter")
         v = declare_all(self, PARAMETERS)
+        for name, limit in (("vocabulary", TEXT_FILE_LIMIT), ("config_file", TEXT_FILE_LIMIT),
+                            ("calibration_file", TEXT_FILE_LIMIT), ("checkpoint", CHECKPOINT_LIMIT)):
+            check_file(name, getattr(v, name), limit)
         self.mode, self.vocabulary_file = v.mode, v.vocabulary
         self.class_names, self.class_prompts = v.class_names, v.class_prompts
         self.publish_colored, self.publish_overlay, self.overlay_camera = v.publish_colored, v.publish_overlay, \
@@ -133,7 +147,9 @@ class SegmentNode(Node):
         offsets_by_camera = dict(zip(self.cameras.values(), offsets))
         self.pipeline = LivePipeline(self.segmenter, list(self.cameras.values()), calibration, v.sync_slop_ms,
                                      offsets_by_camera, v.sync_timeout_ms if v.sync_timeout_ms > 0 else None,
-                                     v.label_field)
+                                     v.label_field, defer=True)
+        self.next_vocabulary: Vocabulary | None = None  # validated by on_parameters, applied by the worker
+        self.worker = LatestWorker(self._segment, "clip2scene segmentation")
 
         qos = qos_profile(v, "qos_", v.qos_depth)
         self.create_subscription(PointCloud2, v.lidar_topic, self.on_cloud, qos)
@@ -177,85 +193,109 @@ class SegmentNode(Node):
         self.last_cloud = time.monotonic()
         if not self._wanted():
             return
-        self._publish(self.pipeline.add_cloud(msg, self._now()))
+        self._submit(self.pipeline.add_cloud(msg, self._now()))
 
     def on_image(self, name: str, msg) -> None:
         self.last_image[name] = time.monotonic()
         if self._wanted():
-            self._publish(self.pipeline.add_image(name, msg, self._now()))
+            self._submit(self.pipeline.add_image(name, msg, self._now()))
 
     def on_label_image(self, name: str, msg: Image) -> None:
         if self._wanted():
-            self._publish(self.pipeline.add_label_image(name, msg, self._now()))
+            self._submit(self.pipeline.add_label_image(name, msg, self._now()))
 
     def on_poll(self) -> None:
-        self._publish(self.pipeline.poll(self._now()))
+        self._submit(self.pipeline.poll(self._now()))
         while self.pipeline.stats.errors:
             self._warn(self.pipeline.stats.errors.popleft())
 
+    def _submit(self, released: list) -> None:
+        """Hand released sweeps to the worker: only the newest of them waits there (the rest are dropped)."""
+        for job in released:
+            self.worker.submit(job)
+
+    def _segment(self, job) -> None:
+        """Worker thread: one released sweep decoded, segmented and published."""
+        if self.next_vocabulary is not None:
+            vocabulary, self.next_vocabulary = self.next_vocabulary, None
+            self.segmenter.set_vocabulary(vocabulary)  # recomputes the text embeddings
+            self.vocabulary = vocabulary
+            self.get_logger().info(f"vocabulary now {vocabulary.name}: {', '.join(vocabulary.names)}")
+        group, released_ns = job
+        result = self.pipeline.process(group, released_ns)
+        if result is not None and not self.worker.stopping:
+            self._publish(result)
+
     def _warn(self, text: str) -> None:
-        # Throttled per kind of problem: a bad stream must not flood the log.
-        key = text.split(":")[0][:60]
+        # Throttled per kind of problem: the text with its numbers (stamps, sizes) taken out, so a bad stream
+        # logs each of its problems once every 5 s, not once a message.
+        kind = re.sub(r"[0-9.]+", "#", text)[:100]
         now = time.monotonic()
-        if now - self.warned.get(key, -1e9) > 5.0:
-            self.warned[key] = now
+        if now - self.warned.get(kind, -1e9) > 5.0:
+            self.warned[kind] = now
             self.get_logger().warning(text)
 
     def on_parameters(self, parameters) -> SetParametersResult:
-        updates = {p.name: p.value for p in parameters}
+        """Every value checked before any is applied: a refused set (atomic or not) changes nothing."""
+        declared = {param.name: param for param in PARAMETERS}
+        try:
+            updates = {p.name: check_value(declared[p.name], p.value) for p in parameters if p.name in declared}
+            vocabulary = None
+            if {"vocabulary", "class_names", "class_prompts"} & set(updates):
+                file = updates.get("vocabulary", self.vocabulary_file)
+                if "vocabulary" in updates:
+                    check_file("vocabulary", file, TEXT_FILE_LIMIT)
+                    load_vocabulary(file)  # a bad file is refused even while class_names override it
+                vocabulary = vocabulary_from(file, updates.get("class_names", self.class_names),
+                                             updates.get("class_prompts", self.class_prompts))
+        except (VocabularyError, ValueError, OSError) as error:
+            self._warn(f"parameter change refused: {error}")
+            return SetParametersResult(successful=False, reason=str(error))
         simple = {"publish_colored": "publish_colored", "publish_overlay": "publish_overlay",
                   "overlay_camera": "overlay_camera", "processing_budget_ms": "budget_ms",
-                  "input_timeout_s": "input_timeout_s"}
+                  "input_timeout_s": "input_timeout_s", "vocabulary": "vocabulary_file",
+                  "class_names": "class_names", "class_prompts": "class_prompts"}
         for name in set(updates) & set(simple):
             setattr(self, simple[name], updates[name])
-        if not {"vocabulary", "class_names", "class_prompts"} & set(updates):
-            return SetParametersResult(successful=True)
-        file = updates.get("vocabulary", self.vocabulary_file)
-        names = list(updates.get("class_names", self.class_names))
-        prompts = list(updates.get("class_prompts", self.class_prompts))
-        try:
-            if "vocabulary" in updates:
-                load_vocabulary(file)  # a bad file is refused even while class_names override it
-            vocabulary = vocabulary_from(file, names, prompts)
-            self.segmenter.set_vocabulary(vocabulary)  # recomputes the text embeddings
-        except (VocabularyError, ValueError, OSError) as error:
-            return SetParametersResult(successful=False, reason=str(error))
-        self.vocabulary, self.vocabulary_file = vocabulary, file
-        self.class_names, self.class_prompts = updates.get("class_names", self.class_names), \
-            updates.get("class_prompts", self.class_prompts)
-        self.get_logger().info(f"vocabulary now {vocabulary.name}: {', '.join(vocabulary.names)}")
+        if vocabulary is not None:
+            self.next_vocabulary = vocabulary  # the worker switches before its next sweep
         return SetParametersResult(successful=True)
+
+    def close(self) -> None:
+        """Stop the worker; one still inside a long inference is abandoned (see main)."""
+        if not self.worker.stop(timeout_s=1.0):
+            SegmentNode.abandoned = True
+            self.get_logger().warning("shutting down while a sweep is still being segmented; it is abandoned")
 
     # -- outputs ----------------------------------------------------------------------------------
 
-    def _publish(self, results: list[LiveResult]) -> None:
-        for result in results:
-            started = time.perf_counter()
-            frame, segmentation = result.frame, result.segmentation
-            header = conversions.header(frame.stamp_ns, frame.frame_id)
-            labels = np.where(segmentation.labels == IGNORE, UNLABELLED, segmentation.labels).astype(np.uint16)
-            extra = {"label": labels, "score": segmentation.scores.astype(np.float32)}
-            intensity = {"intensity": frame.fields["intensity"]} if "intensity" in frame.fields else {}
-            if self.points_pub.get_subscription_count():
-                self.points_pub.publish(conversions.cloud_msg(conv.encode_cloud(frame.points, intensity, extra=extra),
-                                                              header))
-            palette = {**self.vocabulary.palette, IGNORE: (0, 0, 0)}
-            colors = palette_colors(segmentation.labels, palette)
-            if self.publish_colored and self.colored_pub.get_subscription_count():
-                packed = (colors[:, 0].astype(np.uint32) << 16) | (colors[:, 1].astype(np.uint32) << 8) | colors[:, 2]
-                self.colored_pub.publish(conversions.cloud_msg(
-                    conv.encode_cloud(frame.points, extra={"rgb": packed.view(np.float32)}), header))
-            if self.publish_overlay and frame.cameras and self.overlay_pub.get_subscription_count():
-                camera = next((c for c in frame.cameras if c.name == self.overlay_camera), frame.cameras[0])
-                projection = project(frame.points, camera)
-                image = draw_points(camera.image, projection.uv[projection.valid], colors[projection.valid])
-                self.overlay_pub.publish(conversions.image_msg(image, conversions.header(camera.stamp_ns,
-                                                                                         camera.frame_id)))
-            timings = dict(result.timings_ms)
-            timings["encode"] = (time.perf_counter() - started) * 1e3
-            total = (self._now() - result.arrival_ns) * 1e-6
-            self.last_latency_ms = total
-            self.info_pub.publish(self._info(header, segmentation, timings, total))
+    def _publish(self, result: LiveResult) -> None:
+        started = time.perf_counter()
+        frame, segmentation = result.frame, result.segmentation
+        header = conversions.header(frame.stamp_ns, frame.frame_id)
+        labels = np.where(segmentation.labels == IGNORE, UNLABELLED, segmentation.labels).astype(np.uint16)
+        extra = {"label": labels, "score": segmentation.scores.astype(np.float32)}
+        intensity = {"intensity": frame.fields["intensity"]} if "intensity" in frame.fields else {}
+        if self.points_pub.get_subscription_count():
+            self.points_pub.publish(conversions.cloud_msg(conv.encode_cloud(frame.points, intensity, extra=extra),
+                                                          header))
+        palette = {**self.vocabulary.palette, IGNORE: (0, 0, 0)}
+        colors = palette_colors(segmentation.labels, palette)
+        if self.publish_colored and self.colored_pub.get_subscription_count():
+            packed = (colors[:, 0].astype(np.uint32) << 16) | (colors[:, 1].astype(np.uint32) << 8) | colors[:, 2]
+            self.colored_pub.publish(conversions.cloud_msg(
+                conv.encode_cloud(frame.points, extra={"rgb": packed.view(np.float32)}), header))
+        if self.publish_overlay and frame.cameras and self.overlay_pub.get_subscription_count():
+            camera = next((c for c in frame.cameras if c.name == self.overlay_camera), frame.cameras[0])
+            projection = project(frame.points, camera)
+            image = draw_points(camera.image, projection.uv[projection.valid], colors[projection.valid])
+            self.overlay_pub.publish(conversions.image_msg(image, conversions.header(camera.stamp_ns,
+                                                                                     camera.frame_id)))
+        timings = dict(result.timings_ms)
+        timings["encode"] = (time.perf_counter() - started) * 1e3
+        total = (self._now() - result.arrival_ns) * 1e-6
+        self.last_latency_ms = total
+        self.info_pub.publish(self._info(header, segmentation, timings, total))
 
     def _info(self, header, segmentation, timings: dict, total_ms: float) -> SegmentationInfo:
         counts = segmentation.counts(len(self.vocabulary))
@@ -284,9 +324,12 @@ class SegmentNode(Node):
                 problems.append((DiagnosticStatus.WARN, f"no image from {name} for {now - last:.1f} s"))
         level = max((p[0] for p in problems), default=DiagnosticStatus.OK)
         message = "; ".join(p[1] for p in problems) or "ok"
+        busy = self.worker.busy_since
         values = {"mode": self.mode, "latency_ms": f"{self.last_latency_ms:.1f}", "budget_ms": f"{self.budget_ms:.1f}",
                   "clouds": stats.clouds, "processed": stats.processed, "skipped_clouds": stats.skipped_clouds,
                   "skipped_images": stats.skipped_images, "rejected_camera_infos": stats.rejected_infos,
+                  "dropped_clouds": self.worker.dropped, "failed_clouds": stats.failed,
+                  "segmenting_for_s": f"{0.0 if busy is None else now - busy:.2f}",
                   "seconds_since_cloud": f"{silent:.2f}"}
         status = DiagnosticStatus(level=level, name="clip2scene_segmenter: processing", message=message,
                                   hardware_id=self.get_fully_qualified_name(),
@@ -295,7 +338,14 @@ class SegmentNode(Node):
 
 
 def main(args=None) -> None:
-    raise SystemExit(run(SegmentNode, args))
+    code = run(SegmentNode, args)
+    if SegmentNode.abandoned:
+        # The worker is inside an inference that may take many seconds more: end without waiting for it
+        # (and without interpreter teardown racing the thread). Everything published is already sent.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -200,6 +200,124 @@ def test_clouds_images_and_time_the_field_sends(ros_node, world, tmp_path):
         assert text in log, text
 
 
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height pixels, with a one-row body (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
+        chunk(b"IEND", b"")
+
+
+def test_inputs_and_parameters_that_used_to_kill_the_node(ros_node, world, tmp_path):
+    """Field counts, overlapping fields, NaN distortion, a PNG bomb, mistyped and atomic parameter sets,
+    a FIFO as vocabulary: each refused or skipped and counted, the next good sweep served."""
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+
+    from clip2scene_ros import conversions
+    frame = world[2][0]
+    intensity = {"intensity": frame.fields["intensity"]}
+    pad = {"pad": np.zeros(len(frame.points), np.float32)}
+    with start_segmenter(world, tmp_path / "segmenter.log") as process:
+        h = Harness(ros_node, frame, process)
+        h.ready()
+        for name in ("z", "intensity"):  # x y z intensity pad: a count of 2 stays inside the point
+            cloud = conversions.cloud_msg(conv.encode_cloud(frame.points, intensity, extra=pad),
+                                          conversions.header(h.stamp, "lidar"))
+            next(f for f in cloud.fields if f.name == name).count = 2
+            h.send(cloud, expect="skipped_clouds")
+        overlapping = h.cloud_message()
+        next(f for f in overlapping.fields if f.name == "y").offset = 2  # y starts inside x
+        h.send(overlapping, expect="skipped_clouds")
+        nan_distortion = h.camera_info(frame.cameras[0])
+        nan_distortion.distortion_model, nan_distortion.d = "plumb_bob", [0.1, float("nan"), 0.0, 0.0, 0.0]
+        rejected = h.counter("rejected_camera_infos")
+        h.info_front.publish(nan_distortion)
+        spin_until(ros_node, lambda: h.counter("rejected_camera_infos") > rejected, 30, "the NaN distortion refused",
+                   [process])
+        for side in (8000, 30000):  # beyond our pixel budget; beyond PIL's bomb limit
+            skipped = h.counter("skipped_images")
+            h.send(h.cloud_message(), [(h.raw, h.image("rgb8")),
+                                       (h.compressed, h.compressed_image("png", data=png_claiming(side, side)))])
+            spin_until(ros_node, lambda before=skipped: h.counter("skipped_images") > before, 30, f"the {side}^2 PNG skipped",
+                       [process])
+        client = AsyncParameterClient(ros_node, "clip2scene_segmenter")
+        spin_until(ros_node, client.services_are_ready, 30, "the parameter services", [process])
+
+        def refused(*parameters, atomically=False) -> str:
+            call = client.set_parameters_atomically if atomically else client.set_parameters
+            future = call(list(parameters))
+            spin_until(ros_node, future.done, 30, f"the answer to {parameters}", [process])
+            results = [future.result().result] if atomically else future.result().results
+            assert not any(r.successful for r in results), parameters
+            return " ".join(r.reason for r in results)
+
+        for parameter in (Parameter("class_names", Parameter.Type.INTEGER, 5),
+                          Parameter("class_names", Parameter.Type.STRING, "road"),
+                          Parameter("class_names", Parameter.Type.BOOL, True)):
+            assert "must be a list of str" in refused(parameter)
+        refused(Parameter("processing_budget_ms", Parameter.Type.STRING, "fast"))  # rclpy checks declared types
+        assert "must be a list of str" in refused(Parameter("processing_budget_ms", Parameter.Type.DOUBLE, 50.0),
+                                                  Parameter("class_names", Parameter.Type.INTEGER, 5), atomically=True)
+        budget = client.get_parameters(["processing_budget_ms"])
+        spin_until(ros_node, budget.done, 30, "processing_budget_ms", [process])
+        assert budget.result().values[0].double_value == 100.0  # the refused atomic set changed nothing
+        fifo = tmp_path / "vocabulary.fifo"
+        os.mkfifo(fifo)
+        assert "not a regular file" in refused(Parameter("vocabulary", Parameter.Type.STRING, str(fifo)))
+        h.send(h.cloud_message(), [(h.raw, h.image("rgb8")), (h.compressed, h.compressed_image("jpeg"))])
+        assert process.poll() is None
+    log = (tmp_path / "segmenter.log").read_text()
+    for text in ("field 'z' has count 2", "field 'intensity' has count 2", "field 'y' starts at byte 2, inside "
+                 "field 'x'", "holds NaN or inf", "8000x8000 pixels is outside", "parameter change refused"):
+        assert text in log, text
+    assert log.count("must be a list of str") == 1  # the same problem again within 5 s is counted, not logged
+    assert "Traceback" not in log
+
+
+def test_bad_start_up_parameters_end_the_node_with_an_error_not_a_traceback(tmp_path):
+    fifo = tmp_path / "calibration.fifo"
+    os.mkfifo(fifo)  # opening it would block the node forever
+    for parameter, message in (("class_names:=road", "class_names must be a list of str"),
+                               (f"calibration_file:={fifo}", "is not a regular file")):
+        result = subprocess.run([sys.executable, "-m", "clip2scene_ros.segment_node", "--ros-args", "-p",
+                                 "mode:=teacher", "-p", "teacher:=labels", "-p", parameter], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        output = result.stdout + result.stderr
+        assert result.returncode == 2 and message in output and "Traceback" not in output, output[-2000:]
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_signal_ends_the_node_during_a_long_inference(ros_node, world, tmp_path, signal_name):
+    """1.5 million points: seconds of inference on the CPU. The signal comes while the worker computes; the
+    process ends at once with exit 0 and no traceback (the inference is abandoned)."""
+    import signal
+    import time
+
+    frame = world[2][0]
+    rng = np.random.default_rng(1)
+    huge = rng.uniform([-40, -40, -2], [40, 40, 2], size=(1_500_000, 3)).astype(np.float32)
+    with start_segmenter(world, tmp_path / "segmenter.log", camera_topics="[]") as process:
+        h = Harness(ros_node, frame, process)
+        spin_until(ros_node, lambda: h.cloud.get_subscription_count() > 0 and bool(h.counters), 60, "the node",
+                   [process])
+        h.cloud.publish(h.cloud_message(huge))
+        spin_until(ros_node, lambda: float(h.counters.get("segmenting_for_s", 0)) > 0, 60, "the inference to run",
+                   [process])
+        sent = time.monotonic()
+        process.send_signal(getattr(signal, signal_name))
+        code = process.wait(timeout=10)
+        took = time.monotonic() - sent
+    log = (tmp_path / "segmenter.log").read_text()
+    print(f"{signal_name}: exited {code} after {took:.2f} s")
+    assert code == 0 and "Traceback" not in log, log[-3000:]
+    assert took < 3.0, f"{signal_name} took {took:.2f} s to end the node"
+
+
 def test_use_sim_time_with_a_clock(ros_node, world, tmp_path):
     from rosgraph_msgs.msg import Clock
 
