@@ -243,8 +243,8 @@ def test_inputs_and_parameters_that_used_to_kill_the_node(ros_node, world, tmp_p
             skipped = h.counter("skipped_images")
             h.send(h.cloud_message(), [(h.raw, h.image("rgb8")),
                                        (h.compressed, h.compressed_image("png", data=png_claiming(side, side)))])
-            spin_until(ros_node, lambda before=skipped: h.counter("skipped_images") > before, 30, f"the {side}^2 PNG skipped",
-                       [process])
+            spin_until(ros_node, lambda before=skipped: h.counter("skipped_images") > before, 30,
+                       f"the {side}^2 PNG skipped", [process])
         client = AsyncParameterClient(ros_node, "clip2scene_segmenter")
         spin_until(ros_node, client.services_are_ready, 30, "the parameter services", [process])
 
