@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from .errors import UserError
 from .frame import Frame
 from .geometry import invert
 from .messages import matrix_to_quaternion
 from .tf_tree import TransformTree
 
 
-class CalibrationError(ValueError):
+class CalibrationError(UserError, ValueError):
     """A calibration file that cannot be used; the message names the file and the entry."""
 
 
