@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .data import MissingPosesError, open_source
 from .errors import UsageError, UserError
-from .files import describe_os_error, new_output, output_folder
+from .files import describe_os_error, new_output, output_file, output_folder
 
 
 def _inspect(args) -> int:
@@ -26,8 +26,11 @@ def _inspect(args) -> int:
     if args.max_frames < 1:
         raise UsageError(f"--max-frames {args.max_frames}: give at least 1")
     source = open_source(args.source)
-    if args.render:
-        _frame_index(source, args.frame, args.source)  # before the summary's work
+    if args.render:  # checked before the summary's work
+        if Path(args.render).suffix.lower() not in (".png", ".jpg", ".jpeg"):
+            raise UsageError(f"--render {args.render}: give a .png (or .jpg) file name")
+        output_file(args.render, "--render")
+        _frame_index(source, args.frame, args.source)
     summary = summarize(source, args.source, max_frames=args.max_frames)
     print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.table())
     if args.render:
@@ -231,6 +234,8 @@ def _replay(args) -> int:
     config = _config(args)
     if args.out:
         output_folder(args.out, "--out")
+    if args.out_bag:
+        new_output(args.out_bag, "--out-bag")
     report = replay(args.bag, _segmenter(args, config), realtime=args.realtime, out_bag=args.out_bag,
                     slop_ms=args.slop_ms, label_images=label_images_name(config.teacher.name))
     print(report.table())
@@ -248,6 +253,7 @@ def _replay(args) -> int:
 def _calibration(args) -> int:
     from .calibration import frame_transforms, save_calibration
 
+    output_file(args.out, "--out")
     source = open_source(args.source)
     frame = source[_frame_index(source, args.frame, args.source)]
     path = save_calibration(args.out, frame_transforms(frame, args.ego_frame))

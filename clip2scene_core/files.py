@@ -102,12 +102,21 @@ def output_folder(path: str | Path, option: str) -> Path:
     return path
 
 
+def output_file(path: str | Path, option: str) -> Path:
+    """path as a file to (over)write: not a folder, in a folder that can be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder; give a file name, not a folder")
+    output_folder(path.parent, f"the folder of {option}")
+    return path
+
+
 def new_output(path: str | Path, option: str) -> Path:
     """path as a new file or folder to create: it must not exist and its parent must be writable."""
     path = Path(path)
     if path.exists():
         raise UsageError(f"{option} {path} exists already; choose a new path")
-    output_folder(path.parent if str(path.parent) else Path("."), f"the folder of {option}")
+    output_folder(path.parent, f"the folder of {option}")
     return path
 
 

@@ -51,11 +51,8 @@ class FinetuneConfig:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"finetune.epochs and finetune.batch_size must be at least 1, got {self.epochs} and "
                              f"{self.batch_size}")
-        for key in ("lr", "head_lr"):
-            if not getattr(self, key) > 0:  # NaN fails too
-                raise ValueError(f"finetune.{key} must be positive, got {getattr(self, key)}")
-        for key in ("weight_decay", "lovasz_weight", "bn_recalibration", "rotation_deg"):
-            if not getattr(self, key) >= 0:
+        for key in ("lr", "head_lr", "weight_decay", "lovasz_weight", "bn_recalibration", "rotation_deg"):
+            if not getattr(self, key) >= 0:  # NaN fails too; a learning rate of 0 freezes that part
                 raise ValueError(f"finetune.{key} must not be negative, got {getattr(self, key)}")
 
 

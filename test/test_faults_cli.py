@@ -9,6 +9,7 @@ The README's table "Faults and bad input" lists these families and what each get
 """
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -157,6 +158,14 @@ def test_an_output_folder_that_is_a_file(world, tmp_path):
         refused(cli(*arguments), str(file), "is a file" if name != "export" else "")
     (tmp_path / "bag").mkdir()
     refused(cli("export", SCENE, str(tmp_path / "bag")), "exists already; choose a new path")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    refused(cli("inspect", SCENE, "--render", str(folder)), str(folder), "give a .png")
+    refused(cli("inspect", SCENE, "--render", str(folder / "x.gif")), "give a .png")
+    (tmp_path / "folder.png").mkdir()
+    refused(cli("inspect", SCENE, "--render", str(tmp_path / "folder.png")), "folder.png is a folder; give a file name")
+    refused(cli("calibration", SCENE, "--out", str(folder)), str(folder), "is a folder; give a file name")
+    refused(cli("calibration", SCENE, "--out", str(file / "calibration.yaml")), str(file), "is a file, not a folder")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="running as root: chmod 0555 does not stop root from writing, so a "
@@ -202,6 +211,7 @@ def test_empty_sources_epochs_and_batches(world, tmp_path):
     refused(cli("pretrain", *DATA, "--batch-size", "0", "--out", str(tmp_path / "p")), "train.batch_size")
     refused(cli("pretrain", *DATA, "--epochs", "-3", "--out", str(tmp_path / "p")), "train.epochs")
     refused(cli("replay", "/nowhere", "--slop-ms", "-5"), "--slop-ms -5")
+    refused(cli("replay", "/nowhere", "--out-bag", str(tmp_path)), f"--out-bag {tmp_path} exists already")
     refused(cli("segment", "--mode", "student", *DATA, "--out", str(tmp_path / "s")), "needs --checkpoint")
 
 
@@ -298,7 +308,7 @@ def test_nan_inf_and_negative_sizes_in_configs(tmp_path):
              "train: {st_grid_m: -1}\n": "train.st_grid_m must be positive",
              "train: {weight_decay: -0.1}\n": "train.weight_decay must not be negative",
              "train: {max_paired: -5}\n": "train.max_paired must not be negative",
-             "finetune: {head_lr: 0}\n": "finetune.head_lr must be positive",
+             "finetune: {head_lr: -0.01}\n": "finetune.head_lr must not be negative",
              "clip: {image_size: [0, 416]}\n": "clip.image_size must be [height, width]",
              "student: {channels: [8, 8, 16, 16, 32, 32, 16, 16, -16]}\n": "student.channels must all be at least 1"}
     for index, (text, message) in enumerate(cases.items()):
@@ -348,3 +358,38 @@ def test_a_genuine_bug_keeps_its_traceback(monkeypatch, tmp_path):
     monkeypatch.setattr(inspect_source, "summarize", broken)
     run = cli("inspect", SCENE)
     assert run.returncode == 1 and "Traceback" in run.stderr and "KeyError" in run.stderr
+
+
+def test_ctrl_c_ends_a_command_without_a_traceback(tmp_path):
+    """SIGINT while a command works (an export writing its bag): "interrupted", exit 130, no traceback."""
+    out = tmp_path / "bag"
+    process = subprocess.Popen([sys.executable, "-m", "clip2scene_core.cli", "export", "synthetic:frames=400,cameras=1",
+                                str(out), "--quiet"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 240
+    while not out.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert out.exists() and process.poll() is None, "the export did not start writing its bag"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr, stderr[-2000:]
+
+
+def test_calibration_files_for_the_nodes_are_plain_finite_data(tmp_path):
+    """The same file rules for the calibration file the live nodes read (core function, no CLI command reads it)."""
+    from clip2scene_core.calibration import CalibrationError, load_calibration
+
+    entry = "{parent: base_link, child: lidar, translation: [%s, 0, 1.8], rotation: [0, 0, 0, 1]}"
+    cases = {"nan.yaml": ("transforms: [" + entry % ".nan" + "]\n", "3 finite numbers"),
+             "inf.yaml": ("transforms: [" + entry % "-.inf" + "]\n", "3 finite numbers"),
+             "alias.yaml": ("a: &t " + entry % "0" + "\ntransforms: [*t]\n", "anchors and aliases"),
+             "tag.yaml": ("transforms: !!python/tuple []\n", "!!python/tuple values are not accepted")}
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(CalibrationError, match=message):
+            load_calibration(tmp_path / name)
+    os.mkfifo(tmp_path / "fifo.yaml")
+    with pytest.raises(CalibrationError, match="not a regular file"):
+        load_calibration(tmp_path / "fifo.yaml")
+    (tmp_path / "good.yaml").write_text("transforms: [" + entry % "0.5" + "]\n")
+    assert len(load_calibration(tmp_path / "good.yaml")[1]) == 1
