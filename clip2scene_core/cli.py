@@ -354,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     calibration.add_argument("--ego-frame", default="base_link", dest="ego_frame")
     calibration.set_defaults(run=_calibration)
 
+    for command in commands.choices.values():  # -v also after the command (SUPPRESS keeps a -v given before it)
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="log more, and show the traceback of an error")
     return parser
 
 

@@ -106,7 +106,7 @@ def test_the_forked_cli_behaves_like_the_installed_command(tmp_path):
     arguments = ["inspect", SCENE, "--render", str(tmp_path / "x.png"), "--frame", "7"]
     for run in (real(*arguments), cli(*arguments)):
         refused(run, "clip2scene inspect: error: --frame 7 is out of range", "frames 0 to 1")
-    for run in (real("-v", *arguments), cli("-v", *arguments)):  # --verbose: the traceback, exit 1
+    for run in (real("-v", *arguments), cli("-v", *arguments), cli(*arguments, "--verbose")):  # the traceback, exit 1
         assert run.returncode == 1 and "Traceback" in run.stderr and "UsageError" in run.stderr
 
 
