@@ -70,6 +70,10 @@ def finetune(model: StudentModel, source: FrameSource, vocabulary: Vocabulary, c
         raise SourceError("the fine-tuning source holds no frames; check its path and its start/stop/step options")
     indices = labelled_subset(len(source), config.labels_fraction)
     frames = [source[i] for i in indices]
+    empty = [frame.name for frame in frames if len(frame) == 0]
+    if empty:
+        raise SourceError(f"scan {empty[0]!r} has no points ({len(empty)} such scans); leave empty sweeps out of "
+                          f"the fine-tuning source (start/stop/step) or record without LiDAR dropouts")
     if any(frame.labels is None for frame in frames):
         raise SourceError("fine-tuning needs per-point labels in every selected scan; this source has none")
     targets = [vocabulary.raw_to_class(frame.labels) for frame in frames]

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .consolidation import LabelMap, drive_of
-from .data import FrameSource
+from .data import FrameSource, SourceError
 from .errors import UsageError
 from .geometry import transform_points
 from .samples import Sample, pair_frame, prepare_sample, seeded_rng
@@ -220,6 +220,9 @@ class Pretrainer:
         for position in positions:
             source_index, frame_index = self.index[position]
             frame = self.sources[source_index][frame_index]
+            if len(frame) == 0:
+                raise SourceError(f"frame {frame_index} ({frame.name!r}) of training source {source_index + 1} has no "
+                                  f"points; leave empty sweeps out of the source (start/stop/step)")
             samples.append(prepare_sample(frame, self.teacher, self.config, seeded_rng(self.config.seed, epoch,
                                           position, 1), self.label_maps.get((source_index, drive_of(frame))),
                                           candidates))

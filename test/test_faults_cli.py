@@ -393,3 +393,28 @@ def test_calibration_files_for_the_nodes_are_plain_finite_data(tmp_path):
         load_calibration(tmp_path / "fifo.yaml")
     (tmp_path / "good.yaml").write_text("transforms: [" + entry % "0.5" + "]\n")
     assert len(load_calibration(tmp_path / "good.yaml")[1]) == 1
+
+
+def test_training_on_an_empty_sweep_names_it(tmp_path):
+    """A sweep with no points (a LiDAR dropout recorded) in pretraining or fine-tuning data (in-process: no source
+    string makes one)."""
+    from clip2scene_core.data import FrameList, SourceError, open_source
+    from clip2scene_core.finetune import FinetuneConfig, finetune
+    from clip2scene_core.student.checkpoint import StudentModel
+    from clip2scene_core.student.network import Student, StudentConfig
+    from clip2scene_core.teacher import build_teacher
+    from clip2scene_core.teacher.text import HashTextEncoder
+    from clip2scene_core.train import Pretrainer, TrainConfig
+    from clip2scene_core.vocabulary import load_vocabulary
+
+    frame = open_source("synthetic:frames=1,seed=3,cameras=1,width=64,height=48,beams=8")[0]
+    empty = FrameList([frame.select(frame.points[:, 0] > 1e9)])
+    vocabulary = load_vocabulary("nuscenes")
+    model = StudentModel(Student(StudentConfig(preset="tiny", embed_dim=512)), vocabulary, HashTextEncoder())
+    with pytest.raises(SourceError, match="has no points"):
+        finetune(model, empty, vocabulary, FinetuneConfig(labels_fraction=1.0, epochs=1), tmp_path, {}, progress=False)
+    trainer = Pretrainer([empty], build_teacher("noisy:0.0", vocabulary, text_encoder="hash"),
+                         StudentConfig(preset="tiny"), TrainConfig(epochs=1, batch_size=1, sweeps=1), tmp_path,
+                         torch.device("cpu"), progress=False)
+    with pytest.raises(SourceError, match="has no points"):
+        trainer.run()
