@@ -16,13 +16,15 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from .errors import UserError
+from .files import read_yaml
 from .frame import Frame
 from .geometry import invert
 from .messages import matrix_to_quaternion
 from .tf_tree import TransformTree
 
 
-class CalibrationError(ValueError):
+class CalibrationError(UserError, ValueError):
     """A calibration file that cannot be used; the message names the file and the entry."""
 
 
@@ -54,13 +56,10 @@ def load_calibration(path: str | Path) -> tuple[TransformTree, list[tuple[str, s
     from .messages import transform_to_matrix
 
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
+    if not path.exists():
         raise CalibrationError(f"calibration file {path} does not exist; write one with `clip2scene calibration "
-                               f"SOURCE --out {path.name}` or by hand (see config/calibration_example.yaml)") from None
-    except yaml.YAMLError as error:
-        raise CalibrationError(f"calibration file {path} is not valid YAML: {error}") from None
+                               f"SOURCE --out {path.name}` or by hand (see config/calibration_example.yaml)")
+    data = read_yaml(path, "calibration file", CalibrationError)
     if not isinstance(data, dict) or not isinstance(data.get("transforms"), list):
         raise CalibrationError(f"calibration file {path}: key 'transforms' (a list) is missing")
     unknown = set(data) - {"transforms"}
@@ -75,12 +74,12 @@ def load_calibration(path: str | Path) -> tuple[TransformTree, list[tuple[str, s
         try:
             translation = np.asarray(entry["translation"], dtype=np.float64)
             rotation = np.asarray(entry["rotation"], dtype=np.float64)
-            if translation.shape != (3,) or rotation.shape != (4,):
+            if translation.shape != (3,) or rotation.shape != (4,) or not np.isfinite([*translation, *rotation]).all():
                 raise ValueError
             T = transform_to_matrix(_Vector(*translation), _Vector(*rotation))
         except ValueError:
-            raise CalibrationError(f"{where}: translation must be 3 numbers and rotation a non-zero quaternion "
-                                   f"x, y, z, w") from None
+            raise CalibrationError(f"{where}: translation must be 3 finite numbers and rotation a non-zero "
+                                   f"quaternion x, y, z, w") from None
         tree.add_static(str(entry["parent"]), str(entry["child"]), T)
         transforms.append((str(entry["parent"]), str(entry["child"]), T))
     return tree, transforms

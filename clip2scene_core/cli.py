@@ -1,21 +1,36 @@
-"""The `clip2scene` command. Each subcommand parses its arguments and calls the core; no logic here."""
+"""The `clip2scene` command. Each subcommand parses its arguments and calls the core; no logic here.
+
+One error path for every command (main): a condition the user caused (a UserError, or an OSError on a
+named path) prints one message naming the input and the fix and exits 2; --verbose adds the traceback;
+anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
 from pathlib import Path
 
 from .data import MissingPosesError, open_source
+from .errors import UsageError, UserError
+from .files import describe_os_error, new_output, output_file, output_folder
 
 
 def _inspect(args) -> int:
     from .inspect_source import summarize
     from .render import render_frame, save_png
 
+    if args.max_frames < 1:
+        raise UsageError(f"--max-frames {args.max_frames}: give at least 1")
     source = open_source(args.source)
+    if args.render:  # checked before the summary's work
+        if Path(args.render).suffix.lower() not in (".png", ".jpg", ".jpeg"):
+            raise UsageError(f"--render {args.render}: give a .png (or .jpg) file name")
+        output_file(args.render, "--render")
+        _frame_index(source, args.frame, args.source)
     summary = summarize(source, args.source, max_frames=args.max_frames)
     print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.table())
     if args.render:
@@ -29,11 +44,20 @@ def _inspect(args) -> int:
     return 0
 
 
+def _frame_index(source, index: int, spec: str) -> int:
+    """index, when source has that frame; a UsageError naming --frame and the valid range otherwise."""
+    if not 0 <= index < len(source):
+        held = f"frames 0 to {len(source) - 1}" if len(source) else "no frames"
+        raise UsageError(f"--frame {index} is out of range: {spec} has {held}")
+    return index
+
+
 def _export(args) -> int:
     from tqdm import tqdm
 
     from .data.rosbag2 import BagLayout, write_bag
 
+    new_output(args.out, "out")
     source = open_source(args.source)
     layout = BagLayout(compressed=not args.raw_images)
     path = write_bag(tqdm(source, desc="export", unit="frame", disable=args.quiet), args.out, args.storage, layout)
@@ -86,7 +110,7 @@ def _segmenter(args, config):
         vocabulary = load_vocabulary(config.vocabulary)
     if args.mode in ("student", "fusion"):
         if not getattr(args, "checkpoint", None):
-            raise ValueError(f"mode {args.mode} needs --checkpoint (a pretrained student)")
+            raise UsageError(f"mode {args.mode} needs --checkpoint (a pretrained student)")
         student, _ = load_student(args.checkpoint, device, vocabulary)
         vocabulary = student.vocabulary
     teacher = _teacher(config, vocabulary, device) if args.mode in ("teacher", "fusion") else None
@@ -103,6 +127,7 @@ def _segment(args) -> int:
 
     _mode(args)
     config = _config(args)
+    output_folder(args.out, "--out")
     source = _open_all([args.data], config.teacher.name)[0]
     summary = segment_source(source, _segmenter(args, config), Path(args.out), pictures=not args.no_pictures)
     print(f"{len(summary['frames'])} frames segmented ({args.mode}) into {args.out}")
@@ -116,6 +141,8 @@ def _evaluate(args) -> int:
 
     _mode(args)
     config = _config(args)
+    if args.out:
+        output_folder(args.out, "--out")
     segmenter = _segmenter(args, config)
     source = _open_all([args.data], config.teacher.name)[0]
     evaluation, timings = evaluate_source(source, segmenter)
@@ -133,6 +160,7 @@ def _pretrain(args) -> int:
     from .vocabulary import load_vocabulary
 
     config = _config(args)
+    output_folder(args.out, "--out")
     rank, world = init_distributed()
     device = resolve_device(config.device)
     if device.type == "cuda" and world > 1:
@@ -166,6 +194,7 @@ def _finetune(args) -> int:
     from .vocabulary import load_vocabulary
 
     config = _config(args)
+    output_folder(args.out, "--out")
     device = resolve_device(config.device)
     vocabulary = load_vocabulary(config.vocabulary) if args.vocabulary else None
     model, payload = load_student(args.checkpoint, device, vocabulary)
@@ -199,8 +228,14 @@ def _replay(args) -> int:
     from .replay import replay
     from .teacher import label_images_name
 
+    if args.slop_ms < 0:
+        raise UsageError(f"--slop-ms {args.slop_ms}: give 0 or more milliseconds")
     _mode(args)
     config = _config(args)
+    if args.out:
+        output_folder(args.out, "--out")
+    if args.out_bag:
+        new_output(args.out_bag, "--out-bag")
     report = replay(args.bag, _segmenter(args, config), realtime=args.realtime, out_bag=args.out_bag,
                     slop_ms=args.slop_ms, label_images=label_images_name(config.teacher.name))
     print(report.table())
@@ -218,7 +253,9 @@ def _replay(args) -> int:
 def _calibration(args) -> int:
     from .calibration import frame_transforms, save_calibration
 
-    frame = open_source(args.source)[args.frame]
+    output_file(args.out, "--out")
+    source = open_source(args.source)
+    frame = source[_frame_index(source, args.frame, args.source)]
     path = save_calibration(args.out, frame_transforms(frame, args.ego_frame))
     print(f"static transforms of {frame.frame_id} and {len(frame.cameras)} cameras written to {path}")
     return 0
@@ -226,7 +263,8 @@ def _calibration(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clip2scene", description="Open-vocabulary LiDAR segmentation (CLIP2Scene).")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log more, and show the traceback of an error (e.g. to report it)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     sources_help = ("data source: nuscenes:ROOT?version=..&split=.., semantickitti:ROOT, scannet:ROOT, "
@@ -316,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     calibration.add_argument("--ego-frame", default="base_link", dest="ego_frame")
     calibration.set_defaults(run=_calibration)
 
+    for command in commands.choices.values():  # -v also after the command (SUPPRESS keeps a -v given before it)
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="log more, and show the traceback of an error")
     return parser
 
 
@@ -324,13 +365,38 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.run(args)
-    except (FileExistsError, FileNotFoundError, ValueError) as error:
-        # Our errors (bad source, config, vocabulary, checkpoint, missing weights) are ValueError or
-        # FileNotFoundError subclasses whose message says what to fix; -v shows the traceback too.
+    except KeyboardInterrupt:
         if args.verbose:
             raise
-        print(f"clip2scene {args.command}: error: {error}", file=sys.stderr)
+        print(f"clip2scene {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        message = user_message(error)
+        if message is None or args.verbose:
+            raise
+        print(f"clip2scene {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+_OS_HINTS = {errno.EACCES: "choose a path you may read or write", errno.EPERM: "choose a path you may read or write",
+             errno.EROFS: "choose a folder on a writable disk", errno.ENOSPC: "free disk space or choose another disk",
+             errno.EISDIR: "give a file, not a folder", errno.ENOTDIR: "a part of the path is a file, not a folder",
+             errno.EEXIST: "choose a new path", errno.ENOENT: "check the path"}
+
+
+def user_message(error: BaseException) -> str | None:
+    """The message for a condition the user caused, or None for a bug (which keeps its traceback)."""
+    from .messages import MessageError
+    from .tf_tree import TransformError
+
+    if isinstance(error, (UserError, MessageError, TransformError)):
+        return str(error)
+    if isinstance(error, OSError) and error.errno is None and error.filename is None and str(error):
+        return str(error)  # raised with a message of ours (e.g. "... exists already; choose a new ...")
+    if isinstance(error, OSError) and error.filename is not None:
+        hint = _OS_HINTS.get(error.errno, "check the path and the disk")
+        return f"{error.filename}: {describe_os_error(error)}; {hint}"
+    return None
 
 
 if __name__ == "__main__":

@@ -7,20 +7,21 @@ Command-line options override the file.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from .errors import UserError
+from .files import read_yaml
 from .finetune import FinetuneConfig
 from .student.network import StudentConfig
 from .teacher.clip_model import ClipConfig
 from .train import TrainConfig, check_grid
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value that cannot be used; the message names the key."""
 
 
@@ -79,6 +80,8 @@ def _check_type(value, annotation, key: str):
         return value
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: {value} is not a number a run can use; give a finite value")
     if annotation in (int, float, str, bool) and (type(value) is not annotation):
         raise ConfigError(f"{key}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
     return value
@@ -127,14 +130,9 @@ def load_config(path: str | Path | None = None, cls=Config):
     if path is None:
         return cls()
     path = Path(path)
+    data = read_yaml(path, "config file", ConfigError)
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
-    try:
-        return from_dict(cls, data or {})
+        return from_dict(cls, {} if data is None else data)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
 

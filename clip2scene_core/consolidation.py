@@ -14,6 +14,7 @@ import logging
 
 import numpy as np
 
+from .errors import UsageError
 from .vocabulary import IGNORE
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ def voxel_keys(points: np.ndarray, voxel_m: float) -> np.ndarray:
     """(N,) int64 key of the world voxel each (N, 3) world point falls in."""
     cells = np.floor(np.asarray(points, np.float64) / voxel_m).astype(np.int64) + _OFFSET
     if len(cells) and (cells.min() < 0 or cells.max() >= 1 << _BITS):
-        raise ValueError(f"world points beyond +-{_OFFSET * voxel_m / 1000:.0f} km of the origin cannot be "
+        raise UsageError(f"world points beyond +-{_OFFSET * voxel_m / 1000:.0f} km of the origin cannot be "
                          f"consolidated at {voxel_m} m voxels; use train.consolidation_voxel_m larger")
     return (cells[:, 0] << (2 * _BITS)) | (cells[:, 1] << _BITS) | cells[:, 2]
 

@@ -10,10 +10,11 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import FrameSource, SourceError
+from .errors import UsageError
 from .metrics import Evaluation
 from .render import render_frame, save_png
 from .segmenter import Segmentation, Segmenter
-from .vocabulary import IGNORE, Vocabulary
+from .vocabulary import IGNORE, Vocabulary, no_matching_labels
 
 
 def segment_source(source: FrameSource, segmenter: Segmenter, out: Path, pictures: bool = True,
@@ -51,17 +52,25 @@ def evaluate_source(source: FrameSource, segmenter: Segmenter, progress: bool = 
     """Per-class IoU and mIoU over all points (unlabelled = wrong) and over in-view points."""
     vocabulary = segmenter.vocabulary
     if not vocabulary.covers_ids:
-        raise ValueError(f"vocabulary {vocabulary.name!r} lists no raw label ids: evaluation needs each class's "
+        raise UsageError(f"vocabulary {vocabulary.name!r} lists no raw label ids: evaluation needs each class's "
                          f"'ids' in the dataset's labels")
+    if len(source) == 0:
+        raise SourceError("the source holds no frames to evaluate; check its path and its start/stop/step options")
     evaluation = Evaluation.empty(vocabulary.names)
-    timings = []
+    timings, present, matched = [], set(), False
     for frame in tqdm(source, desc="evaluate", unit="frame", disable=not progress):
         if frame.labels is None:
             raise SourceError(f"frame {frame.name!r} has no per-point labels to evaluate against; evaluate on a "
                               f"labelled source (lidarseg, SemanticKITTI labels, a bag with a label field, synthetic)")
+        target = vocabulary.raw_to_class(frame.labels)
+        if not matched:
+            matched = bool((target != IGNORE).any())
+            present.update(np.unique(frame.labels).tolist())
         result = segmenter.segment(frame)
-        evaluation.update(result.labels, vocabulary.raw_to_class(frame.labels), result.seen)
+        evaluation.update(result.labels, target, result.seen)
         timings.append(result.timings_ms)
+    if not matched:
+        raise SourceError(no_matching_labels(np.array(sorted(present)), vocabulary, "evaluate"))
     return evaluation, _mean_timings(timings)
 
 

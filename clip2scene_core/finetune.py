@@ -21,9 +21,9 @@ from tqdm import tqdm
 from .data import FrameSource, SourceError
 from .samples import augmentation, seeded_rng
 from .student.checkpoint import StudentModel, save_checkpoint
-from .student.losses import lovasz_softmax
+from .student.losses import check_finite, lovasz_softmax
 from .student.network import Classifier, make_batch, recalibrate_batchnorm
-from .vocabulary import IGNORE, Vocabulary
+from .vocabulary import IGNORE, Vocabulary, no_matching_labels
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,12 @@ class FinetuneConfig:
             raise ValueError(f"finetune.labels_fraction must be in (0, 1], got {self.labels_fraction}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"finetune.optimizer must be adamw or sgd, got {self.optimizer!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"finetune.epochs and finetune.batch_size must be at least 1, got {self.epochs} and "
+                             f"{self.batch_size}")
+        for key in ("lr", "head_lr", "weight_decay", "lovasz_weight", "bn_recalibration", "rotation_deg"):
+            if not getattr(self, key) >= 0:  # NaN fails too; a learning rate of 0 freezes that part
+                raise ValueError(f"finetune.{key} must not be negative, got {getattr(self, key)}")
 
 
 def labelled_subset(length: int, fraction: float) -> list[int]:
@@ -60,11 +66,19 @@ def finetune(model: StudentModel, source: FrameSource, vocabulary: Vocabulary, c
              out: Path, checkpoint_extra: dict, progress: bool = True) -> list[dict]:
     """Fine-tune model.network in place on the labelled subset of source; writes out/finetuned.pt."""
     device = model.device
+    if len(source) == 0:
+        raise SourceError("the fine-tuning source holds no frames; check its path and its start/stop/step options")
     indices = labelled_subset(len(source), config.labels_fraction)
     frames = [source[i] for i in indices]
+    empty = [frame.name for frame in frames if len(frame) == 0]
+    if empty:
+        raise SourceError(f"scan {empty[0]!r} has no points ({len(empty)} such scans); leave empty sweeps out of "
+                          f"the fine-tuning source (start/stop/step) or record without LiDAR dropouts")
     if any(frame.labels is None for frame in frames):
         raise SourceError("fine-tuning needs per-point labels in every selected scan; this source has none")
     targets = [vocabulary.raw_to_class(frame.labels) for frame in frames]
+    if not any((target != IGNORE).any() for target in targets):
+        raise SourceError(no_matching_labels(np.concatenate([f.labels for f in frames]), vocabulary, "fine-tune on"))
     model.set_vocabulary(vocabulary)  # one vocabulary for the classifier's rows and the targets
     network = model.network.train()
     classifier = Classifier(network.text_embeddings.to(device)).to(device)
@@ -94,10 +108,14 @@ def finetune(model: StudentModel, source: FrameSource, vocabulary: Vocabulary, c
             recent.append(batch)
             target = torch.from_numpy(np.concatenate(labels)).to(device)
             keep = target != IGNORE
+            if not keep.any():  # scans whose points are all of classes outside the vocabulary teach nothing
+                continue
             semantic, _ = network(batch, torch.nonzero(keep).squeeze(1))
             logits = classifier(semantic)
             loss = F.cross_entropy(logits, target[keep]) + \
                 config.lovasz_weight * lovasz_softmax(torch.softmax(logits, dim=1), target[keep])
+            check_finite({"loss": loss}, f"fine-tuning at epoch {epoch + 1}, step {step + 1}", "finetune.lr",
+                         config.lr)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import UserError
+
 DISTORTION_MODELS = ("none", "plumb_bob")
 
 
-class FrameError(ValueError):
+class FrameError(UserError, ValueError):
     """A frame or camera whose arrays do not fit together."""
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .errors import UsageError
 from .frame import Frame
 from .teacher import Teacher, predict_points
 from .vocabulary import IGNORE, Vocabulary
@@ -21,12 +22,19 @@ MODES = ("student", "teacher", "fusion")
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; "cuda" without CUDA is an error that says so."""
+    """"auto" -> cuda when available, else cpu; "cpu", "cuda" or "cuda:N" as given, when it exists."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA GPU; use device auto or cpu")
+        raise UsageError(f"device {name!r} was asked for, but torch sees no CUDA GPU; use device auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"device {name!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
     return device
 
 
@@ -52,11 +60,11 @@ class Segmenter:
 
     def __init__(self, vocabulary: Vocabulary, mode: str, teacher: Teacher | None = None, student=None):
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise UsageError(f"mode must be one of {MODES}, got {mode!r}")
         if mode in ("teacher", "fusion") and teacher is None:
-            raise ValueError(f"mode {mode!r} needs a teacher")
+            raise UsageError(f"mode {mode!r} needs a teacher")
         if mode in ("student", "fusion") and student is None:
-            raise ValueError(f"mode {mode!r} needs a student checkpoint")
+            raise UsageError(f"mode {mode!r} needs a student checkpoint")
         self.mode, self.teacher, self.student = mode, teacher, student
         self.set_vocabulary(vocabulary)
 

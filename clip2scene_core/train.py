@@ -29,12 +29,13 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .consolidation import LabelMap, drive_of
-from .data import FrameSource
+from .data import FrameSource, SourceError
+from .errors import UsageError
 from .geometry import transform_points
 from .samples import Sample, pair_frame, prepare_sample, seeded_rng
 from .self_training import MeanTeacher, confident
-from .student.checkpoint import load_weights, read_checkpoint, save_checkpoint
-from .student.losses import SEMANTIC_LOSSES, feature_distillation, spatial_temporal
+from .student.checkpoint import CheckpointError, load_weights, read_checkpoint, save_checkpoint
+from .student.losses import SEMANTIC_LOSSES, check_finite, feature_distillation, spatial_temporal
 from .student.network import Student, StudentConfig, VoxelBatch, make_batch, recalibrate_batchnorm
 from .teacher import Teacher
 from .vocabulary import IGNORE
@@ -106,9 +107,15 @@ class TrainConfig:
                 raise ValueError(f"train.{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         if self.sweeps < 1 or self.epochs < 1 or self.batch_size < 1:
             raise ValueError("train.sweeps, train.epochs and train.batch_size must be at least 1")
-        for key in ("tau", "st_grid_m", "consolidation_voxel_m", "attention_tau"):
-            if not getattr(self, key) > 0:
+        for key in ("tau", "st_grid_m", "consolidation_voxel_m", "attention_tau", "lr"):
+            if not getattr(self, key) > 0:  # NaN fails too
                 raise ValueError(f"train.{key} must be positive, got {getattr(self, key)}")
+        for key in ("momentum", "weight_decay", "st_weight", "distill_weight", "max_paired", "bn_recalibration",
+                    "rotation_deg", "occlusion_tolerance"):
+            if getattr(self, key) is not None and not getattr(self, key) >= 0:
+                raise ValueError(f"train.{key} must not be negative, got {getattr(self, key)}")
+        if self.consolidation_min_views < 1:
+            raise ValueError(f"train.consolidation_min_views must be at least 1, got {self.consolidation_min_views}")
         for key in ("self_training_share", "self_training_probability", "ema_decay", "self_training_start"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ValueError(f"train.{key} must be between 0 and 1, got {getattr(self, key)}")
@@ -133,10 +140,10 @@ class Pretrainer:
         self.device, self.extra, self.progress = device, extra or {}, progress
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         if config.batch_size % self.world:
-            raise ValueError(f"train.batch_size {config.batch_size} must divide by the {self.world} processes")
+            raise UsageError(f"train.batch_size {config.batch_size} must divide by the {self.world} processes")
         self.index = [(s, i) for s, source in enumerate(sources) for i in range(len(source))]
         if not self.index:
-            raise ValueError("the training sources hold no frames")
+            raise UsageError("the training sources hold no frames")
         self.text = teacher.text_embeddings.to(device)
         student_config.embed_dim = int(self.text.shape[1])
         torch.manual_seed(config.seed)
@@ -158,10 +165,14 @@ class Pretrainer:
 
     def resume(self, path: Path) -> None:
         payload = read_checkpoint(path, self.device)
+        state = resumable_state(payload, path, self.config)
         load_weights(self.student, payload, path)
-        state = payload["training"]
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"checkpoint {path}: its optimiser state does not fit this run ({error}); "
+                                  f"start a new run without --resume") from None
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
         self.self_training_from = state.get("self_training_from")
@@ -209,6 +220,9 @@ class Pretrainer:
         for position in positions:
             source_index, frame_index = self.index[position]
             frame = self.sources[source_index][frame_index]
+            if len(frame) == 0:
+                raise SourceError(f"frame {frame_index} ({frame.name!r}) of training source {source_index + 1} has no "
+                                  f"points; leave empty sweeps out of the source (start/stop/step)")
             samples.append(prepare_sample(frame, self.teacher, self.config, seeded_rng(self.config.seed, epoch,
                                           position, 1), self.label_maps.get((source_index, drive_of(frame))),
                                           candidates))
@@ -314,6 +328,8 @@ class Pretrainer:
                 batch = make_batch(scans, self.student.config.voxel_size_m).to(self.device)
                 recent.append(batch)
                 losses, step_counts = self._losses(samples, batch, epoch, mine, self_training)
+                check_finite(losses, f"pretraining at epoch {epoch + 1}, step {step + 1}", "train.lr",
+                             self.optimizer.param_groups[0]["lr"])
                 self.optimizer.zero_grad(set_to_none=True)
                 losses["loss"].backward()
                 self._average_gradients()
@@ -347,6 +363,26 @@ class Pretrainer:
                 self._save()
                 write_log(self.out, self.history)
         return self.history
+
+
+def resumable_state(payload: dict, path: Path, config: TrainConfig) -> dict:
+    """The training state of a pretraining checkpoint that this run can continue; CheckpointError otherwise."""
+    if "training" not in payload:
+        kind = "a fine-tuned student" if "finetune" in payload else "a checkpoint without training state"
+        raise CheckpointError(f"checkpoint {path} is {kind}; --resume continues a pretraining run from one of its "
+                              f"checkpoints (OUT/checkpoints/last.pt); to train this student further use "
+                              f"`clip2scene finetune --checkpoint {path}`")
+    state = payload["training"]
+    for key, kind in (("optimizer", dict), ("scheduler", dict), ("epoch", int), ("history", list), ("config", dict)):
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise CheckpointError(f"checkpoint {path}: training.{key} is missing or not a {kind.__name__}; "
+                                  f"resume from another checkpoint or start a new run")
+    theirs = state["config"].get("optimizer")
+    if theirs != config.optimizer:  # the other optimiser's state would load silently and fail (or mislead) later
+        raise CheckpointError(f"checkpoint {path} was trained with train.optimizer {theirs!r}, this run uses "
+                              f"{config.optimizer!r}; resume with train.optimizer: {theirs} or start a new run "
+                              f"without --resume")
+    return state
 
 
 def make_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
+
+from .errors import UserError
+from .files import read_yaml
 
 IGNORE = -1
 _SHARED = Path("share") / "clip2scene_ros" / "config" / "vocabularies"
@@ -41,7 +43,7 @@ CONFIG_DIR = _config_dir()
 _CLASS_KEYS = {"name", "prompts", "color", "ids"}
 
 
-class VocabularyError(ValueError):
+class VocabularyError(UserError, ValueError):
     """A vocabulary that cannot be used; the message names the file, the class and the key."""
 
 
@@ -128,14 +130,9 @@ class Vocabulary:
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise VocabularyError(f"vocabulary file {path} does not exist; shipped ones: {shipped_vocabularies()}") \
-                from None
-        except yaml.YAMLError as error:
-            raise VocabularyError(f"vocabulary file {path} is not valid YAML: {error}") from None
-        return cls.from_dict(data, str(path))
+        if not path.exists():
+            raise VocabularyError(f"vocabulary file {path} does not exist; shipped ones: {shipped_vocabularies()}")
+        return cls.from_dict(read_yaml(path, "vocabulary file", VocabularyError), str(path))
 
     @classmethod
     def from_names(cls, names: list[str], name: str = "custom") -> Vocabulary:
@@ -197,3 +194,12 @@ def load_vocabulary(name_or_path: str | Path) -> Vocabulary:
         raise VocabularyError(f"no vocabulary file {name_or_path!r}; give a YAML path or one of the shipped "
                               f"vocabularies: {shipped_vocabularies()}")
     return Vocabulary.load(matches[0])
+
+
+def no_matching_labels(raw_ids: np.ndarray, vocabulary: Vocabulary, task: str) -> str:
+    """The message for labels none of which the vocabulary's classes cover (another dataset's vocabulary)."""
+    present = np.unique(np.asarray(raw_ids))
+    shown = ", ".join(str(v) for v in present[:12]) + (", ..." if len(present) > 12 else "")
+    return (f"no label of the source matches vocabulary {vocabulary.name!r}: the scans hold raw ids {shown}, and no "
+            f"class lists any of them in its 'ids'; nothing to {task}. Use the dataset's vocabulary (--vocabulary "
+            f"nuscenes, semantickitti or scannet) or add the ids to the classes")

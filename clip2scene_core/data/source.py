@@ -19,10 +19,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from ..errors import UserError
 from ..frame import Frame
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """A data source that cannot be read as named; the message says what to fix."""
 
 

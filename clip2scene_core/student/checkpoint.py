@@ -7,12 +7,14 @@ difference, never a silent partial load.
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import UserError
 from ..frame import Frame
 from ..vocabulary import Vocabulary
 from .network import Classifier, Student, StudentConfig, make_batch
@@ -20,7 +22,7 @@ from .network import Classifier, Student, StudentConfig, make_batch
 FORMAT = "clip2scene-student-1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be used as asked; the message names the file and the mismatch."""
 
 
@@ -41,8 +43,11 @@ def save_checkpoint(path: str | Path, student: Student, **extra) -> Path:
 
 def read_checkpoint(path: str | Path, device="cpu") -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; give the .pt file (e.g. {path / 'checkpoints' / 'last.pt'})")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist" if not path.exists() else
+                              f"checkpoint {path} is not a regular file; give the .pt file")
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # truncated zip, foreign pickle (refused by weights_only), not a torch file
@@ -53,13 +58,85 @@ def read_checkpoint(path: str | Path, device="cpu") -> dict:
         raise CheckpointError(f"{path} is not a clip2scene student checkpoint (format "
                               f"{payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r}, "
                               f"expected {FORMAT!r})")
+    check_payload(payload, path)
     return payload
+
+
+def check_payload(payload: dict, path: str | Path) -> None:
+    """Every entry a checkpoint is used through, present and of the right kind: one CheckpointError naming the
+    file and the entry (a checkpoint edited by hand, written by another tool or by a run that diverged)."""
+    def fail(entry: str, problem: str):
+        raise CheckpointError(f"checkpoint {path}: {entry} {problem}; it is damaged or was not written by "
+                              f"clip2scene (use another checkpoint, e.g. an earlier epoch's)")
+
+    for entry, kind in (("architecture", dict), ("state_dict", dict)):
+        if entry not in payload:
+            fail(f"entry {entry!r}", "is missing")
+        if not isinstance(payload[entry], kind):
+            fail(f"entry {entry!r}", f"is a {type(payload[entry]).__name__}, not a {kind.__name__}")
+    architecture = payload["architecture"]
+    for key in ("channels", "blocks", "voxel_size_m", "embed_dim"):
+        if key not in architecture:
+            fail(f"architecture.{key}", "is missing")
+    try:
+        config_from_checkpoint(payload)
+    except (TypeError, ValueError) as error:
+        fail("architecture", f"cannot be used ({error})")
+    if not payload["state_dict"]:
+        fail("state_dict", "is empty")
+    for name, value in payload["state_dict"].items():
+        _check_tensor(value, f"state_dict[{name!r}]", fail)
+    for name in ("text_encoder", "teacher"):
+        if name in payload and not isinstance(payload[name], str):
+            fail(f"entry {name!r}", f"is a {type(payload[name]).__name__}, not a string")
+    identity = payload.get("text_encoder", "")
+    if not (identity.startswith("clip:") or (identity.startswith("hash:") and identity[5:].isdigit())):
+        fail("entry 'text_encoder'", f"is {identity!r}, expected hash:DIMENSIONS (e.g. hash:512) or clip:MODEL")
+    if "text_embeddings" in payload:
+        _check_tensor(payload["text_embeddings"], "text_embeddings", fail, dims=2)
+    if "classifier" in payload:
+        classifier = payload["classifier"]
+        if not isinstance(classifier, dict):
+            fail("entry 'classifier'", f"is a {type(classifier).__name__}, not a dict")
+        for key in ("weight", "bias", "scale", "classes"):
+            if key not in classifier:
+                fail(f"classifier.{key}", "is missing")
+        _check_tensor(classifier["weight"], "classifier.weight", fail, dims=2)
+        _check_tensor(classifier["bias"], "classifier.bias", fail, dims=1)
+        scale = classifier["scale"]
+        if isinstance(scale, torch.Tensor):
+            scale = float(scale) if scale.numel() == 1 else None
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            fail("classifier.scale", f"is {classifier['scale']!r}, not a finite number")
+        classes = classifier["classes"]
+        if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
+            fail("classifier.classes", "is not a list of class names")
+        if not len(classes) == len(classifier["weight"]) == len(classifier["bias"]):
+            fail("classifier", f"has {len(classes)} classes for {len(classifier['weight'])} weight rows and "
+                               f"{len(classifier['bias'])} biases")
+
+
+def _check_tensor(value, entry: str, fail, dims: int | None = None) -> None:
+    if not isinstance(value, torch.Tensor):
+        fail(entry, f"is a {type(value).__name__}, not a tensor")
+    if dims is not None and value.dim() != dims:
+        fail(entry, f"has {value.dim()} dimensions, expected {dims}")
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        fail(entry, "holds NaN or infinite values (the run that wrote it diverged)")
 
 
 def config_from_checkpoint(payload: dict) -> StudentConfig:
     known = {f.name for f in fields(StudentConfig)}
     architecture = {k: v for k, v in payload["architecture"].items() if k in known}
+    if not isinstance(architecture["channels"], (list, tuple)):
+        raise TypeError(f"channels is {architecture['channels']!r}, not a list")
     architecture["channels"] = tuple(architecture["channels"])
+    for key, kind in (("blocks", int), ("embed_dim", int), ("voxel_size_m", (int, float))):
+        value = architecture[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise TypeError(f"{key} is {value!r}, not a {'number' if key == 'voxel_size_m' else 'whole number'}")
+    if not all(isinstance(c, int) and not isinstance(c, bool) for c in architecture["channels"]):
+        raise TypeError(f"channels {list(architecture['channels'])} are not whole numbers")
     return StudentConfig(**architecture)
 
 
@@ -138,6 +215,8 @@ def load_student(path: str | Path, device="cpu", vocabulary: Vocabulary | None =
     payload = read_checkpoint(path, device)
     student = Student(config_from_checkpoint(payload))
     load_weights(student, payload, path)
+    if vocabulary is None and "vocabulary" not in payload:
+        raise CheckpointError(f"checkpoint {path} holds no vocabulary; give one with --vocabulary")
     vocabulary = vocabulary or Vocabulary.from_dict(payload["vocabulary"], f"vocabulary in {path}")
     if text_encoder is None:
         text_encoder = text_encoder_from_identity(payload.get("text_encoder", ""), payload, device)
@@ -159,9 +238,17 @@ def text_encoder_from_identity(identity: str, payload: dict, device="cpu"):
     from ..teacher.text import ClipTextEncoder, HashTextEncoder
 
     if identity.startswith("hash:"):
-        return HashTextEncoder(int(identity.split(":")[1]))
+        dimensions = identity.split(":")[1]
+        if not dimensions.isdigit() or int(dimensions) < 1:
+            raise CheckpointError(f"checkpoint text_encoder {identity!r}: expected hash:DIMENSIONS, e.g. hash:512")
+        return HashTextEncoder(int(dimensions))
     if identity.startswith("clip:"):
-        clip = ClipConfig(**payload["clip"])
+        if not isinstance(payload.get("clip"), dict):
+            raise CheckpointError(f"checkpoint entry 'clip' (the CLIP model of text encoder {identity!r}) is missing")
+        try:
+            clip = ClipConfig(**payload["clip"])
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"checkpoint entry 'clip' cannot be used ({error})") from None
         model, _, _ = load_clip(clip, device)
         return ClipTextEncoder(model, clip.model, clip.weights_id)
     raise CheckpointError(f"unknown text encoder {identity!r} in checkpoint")

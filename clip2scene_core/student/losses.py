@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import DivergedError
+
 
 def semantic_infonce(features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, tau: float) -> torch.Tensor:
     """Semantic consistency (Eq. 1): each class's text embedding t_c is the anchor; the points whose pseudo
@@ -106,3 +108,13 @@ def lovasz_softmax(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.T
         gradient = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
         losses.append(torch.dot(errors_sorted, gradient))
     return torch.stack(losses).mean() if losses else probabilities.sum() * 0.0
+
+
+def check_finite(losses: dict[str, torch.Tensor], where: str, lr_key: str, lr: float) -> None:
+    """Stop a run whose loss is NaN or infinite, naming the term (a diverged run must not finish with exit 0)."""
+    bad = [name for name, value in losses.items() if not bool(torch.isfinite(value.detach()).all())]
+    if bad:
+        terms = [name if name != "loss" else "total" for name in bad]
+        raise DivergedError(f"{where}: the {' and '.join(terms)} loss is {float(losses[bad[0]].detach())}; the run "
+                            f"diverged (learning rate {lr_key} {lr:g}: try a smaller one) or an input holds NaN "
+                            f"values (check the source's points and the teacher's features)")

@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import UsageError
 from ..geometry import voxelize
 from .sparse import DownConv, SparseVoxels, SubMConv, UpConv
 
@@ -46,8 +47,13 @@ class StudentConfig:
             raise ValueError(f"student.preset must be one of {list(PRESETS)}, got {self.preset!r}")
         if self.channels is not None and len(self.channels) != 9:
             raise ValueError(f"student.channels needs 9 values (stem, 4 encoder, 4 decoder), got {len(self.channels)}")
-        if self.voxel_size_m <= 0:
+        if not self.voxel_size_m > 0:  # NaN fails too
             raise ValueError(f"student.voxel_size_m must be positive, got {self.voxel_size_m}")
+        for key in ("blocks", "embed_dim"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"student.{key} must be at least 1, got {getattr(self, key)}")
+        if self.channels is not None and min(self.channels) < 1:
+            raise ValueError(f"student.channels must all be at least 1, got {list(self.channels)}")
         if self.channels is not None:
             self.channels = tuple(int(c) for c in self.channels)
 
@@ -241,7 +247,7 @@ class Student(nn.Module):
 
     def set_text_embeddings(self, embeddings: torch.Tensor) -> None:
         if embeddings.shape[1] != self.config.embed_dim:
-            raise ValueError(f"text embeddings have {embeddings.shape[1]} dimensions, the student's head "
+            raise UsageError(f"text embeddings have {embeddings.shape[1]} dimensions, the student's head "
                              f"{self.config.embed_dim}: they come from another text encoder")
         self.text_embeddings = embeddings.float()
 

@@ -11,6 +11,7 @@ import logging
 
 import torch
 
+from ..errors import UsageError
 from ..vocabulary import Vocabulary
 from .base import PixelPredictions, PointPredictions, Teacher, TeacherOutput, predict_points
 from .clip_model import ClipConfig, ClipWeightsError, resolve_weights
@@ -23,7 +24,7 @@ def make_text_encoder(kind: str, clip: ClipConfig, device="cpu", cache_dir=None)
     """kind: "clip" (CLIP's text tower; needs the weights), "hash" (no semantics, no weights), or
     "auto" (CLIP when its weights are on this machine, hash otherwise)."""
     if kind not in ("auto", "clip", "hash"):
-        raise ValueError(f"text_encoder must be auto, clip or hash, got {kind!r}")
+        raise UsageError(f"text_encoder must be auto, clip or hash, got {kind!r}")
     if kind == "auto":
         try:
             resolve_weights(ClipConfig(**{**clip.__dict__, "allow_download": False}))
@@ -57,7 +58,7 @@ def build_teacher(spec: str, vocabulary: Vocabulary, clip: ClipConfig | None = N
     kind, _, argument = spec.partition(":")
     if kind == "maskclip":
         if argument:
-            raise ValueError(f"teacher {spec!r}: maskclip takes no argument (set the CLIP model in the config)")
+            raise UsageError(f"teacher {spec!r}: maskclip takes no argument (set the CLIP model in the config)")
         return MaskClipTeacher(vocabulary, clip, device, text_cache_dir=text_cache_dir)
     if kind in ("labels", "noisy"):
         encoder = make_text_encoder(text_encoder, clip, device, text_cache_dir)
@@ -66,9 +67,9 @@ def build_teacher(spec: str, vocabulary: Vocabulary, clip: ClipConfig | None = N
         try:
             rate = float(argument)
         except ValueError:
-            raise ValueError(f"teacher {spec!r}: write noisy:RATE with RATE between 0 and 1, e.g. noisy:0.3") from None
+            raise UsageError(f"teacher {spec!r}: write noisy:RATE with RATE between 0 and 1, e.g. noisy:0.3") from None
         return NoisyTeacher(LabelImageTeacher(vocabulary, encoder, strict=strict), rate, seed)
-    raise ValueError(f"unknown teacher {spec!r}; use maskclip, labels[:NAME] or noisy:RATE")
+    raise UsageError(f"unknown teacher {spec!r}; use maskclip, labels[:NAME] or noisy:RATE")
 
 
 __all__ = ["ClipConfig", "ClipWeightsError", "PixelPredictions", "PointPredictions", "Teacher", "TeacherOutput",

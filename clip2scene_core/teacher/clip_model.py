@@ -18,11 +18,13 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from ..errors import UsageError, UserError
+
 # open_clip's file names for full-model weights on the Hugging Face hub, preferred first.
 _HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
-class ClipWeightsError(FileNotFoundError):
+class ClipWeightsError(UserError, FileNotFoundError):
     """CLIP weights that are not on this machine (and may not be downloaded)."""
 
 
@@ -61,6 +63,8 @@ class ClipConfig:
         if self.precision not in ("auto", "fp32", "fp16"):
             raise ValueError(f"clip.precision must be auto, fp32 or fp16, got {self.precision!r}")
         self.image_size = tuple(int(v) for v in self.image_size)
+        if len(self.image_size) != 2 or min(self.image_size) < 1:
+            raise ValueError(f"clip.image_size must be [height, width] in pixels, got {list(self.image_size)}")
 
     @property
     def weights_id(self) -> str:
@@ -139,7 +143,7 @@ def load_clip(config: ClipConfig, device: str | torch.device = "cpu"):
     if config.model_config_dir:
         open_clip.add_model_config(config.model_config_dir)
     if open_clip.get_model_config(config.model) is None:
-        raise ValueError(f"unknown CLIP model {config.model!r}; open_clip knows {len(open_clip.list_models())} models "
+        raise UsageError(f"unknown CLIP model {config.model!r}; open_clip knows {len(open_clip.list_models())} models "
                          f"(open_clip.list_models()), plus configs in clip.model_config_dir")
     path, tag_cfg = resolve_weights(config)
     quick_gelu = tag_cfg.get("quick_gelu", False) if config.quick_gelu is None else config.quick_gelu

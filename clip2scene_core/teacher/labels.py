@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import UsageError
 from ..frame import Camera
 from ..vocabulary import IGNORE, Vocabulary
 from .base import PixelPredictions, Teacher, TeacherOutput
@@ -89,7 +90,7 @@ class LabelImageTeacher(Teacher):
         self.topic, self.strict = topic, strict
         super().__init__(vocabulary, text_encoder)
         if not vocabulary.covers_ids:
-            raise ValueError(f"the label-image teacher maps raw label ids through the vocabulary, but vocabulary "
+            raise UsageError(f"the label-image teacher maps raw label ids through the vocabulary, but vocabulary "
                              f"{vocabulary.name!r} lists no 'ids'; add each class's raw ids")
 
     def class_images(self, cameras: list[Camera]) -> list[np.ndarray]:
@@ -99,7 +100,7 @@ class LabelImageTeacher(Teacher):
                 images.append(np.full((camera.height, camera.width), IGNORE, np.int64))
                 continue
             if camera.label_image is None:
-                raise ValueError(f"camera {camera.name!r} has no label image for the label-image teacher; record "
+                raise UsageError(f"camera {camera.name!r} has no label image for the label-image teacher; record "
                                  f"the 2D segmenter's output at <camera namespace>/{self.topic} (mono8/mono16/32SC1, "
                                  f"same stamp as the image)")
             images.append(self.vocabulary.raw_to_class(camera.label_image))
@@ -140,7 +141,7 @@ class NoisyTeacher(Teacher):
 
     def __init__(self, base: LabelImageTeacher, rate: float, seed: int = 0):
         if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"noise rate must be in [0, 1], got {rate}")
+            raise UsageError(f"noise rate must be in [0, 1], got {rate}")
         self.base, self.rate, self.seed = base, rate, seed
         super().__init__(base.vocabulary, base.text_encoder)
 
