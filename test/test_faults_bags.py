@@ -259,3 +259,108 @@ def test_recorded_tf_qos_lets_tf2_listeners_match(tmp_path):
     assert (qos["/tf_static"].reliability, qos["/tf_static"].durability) == (QosReliability.RELIABLE,
                                                                               QosDurability.TRANSIENT_LOCAL)
     assert re.search("BEST_EFFORT", qos["/lidar/points"].reliability.name)  # sensor data stays sensor data
+
+
+# -- the recorder node as a process ---------------------------------------------------------------------
+
+RECORDED = "synthetic:frames=6,seed=11,cameras=2,width=128,height=72"
+CAMERAS = "[/cam_front/image_raw/compressed,/cam_front_right/image_raw/compressed]"
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory):
+    from clip2scene_core.calibration import frame_transforms, save_calibration
+
+    path = tmp_path_factory.mktemp("calibration") / "calibration.yaml"
+    return save_calibration(path, frame_transforms(open_source(RECORDED)[0]))
+
+
+def recorder_value(messages, key: str) -> int:
+    values = [int(kv.value) for message in messages for status in message.status
+              if status.name.startswith("clip2scene_recorder") for kv in status.values if kv.key == key]
+    return values[-1] if values else 0
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_a_sigkilled_recorder_leaves_every_flushed_pair_readable(ros_node, calibration, tmp_path):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rosbags.highlevel import AnyReader
+    from rosbags.interfaces import QosDurability, QosReliability
+
+    from ros_helpers import node_process, spin_until
+
+    statuses = []
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics", statuses.append, 50)
+    output = tmp_path / "recording"
+    parameters = {"output_dir": str(output), "camera_topics": CAMERAS, "calibration_file": str(calibration),
+                  "odometry_topic": "/odom", "qos_reliability": "reliable", "qos_durability": "transient_local"}
+    with node_process("clip2scene_ros.record_node", "config/record_node.yaml", parameters,
+                      tmp_path / "recorder.log") as recorder:
+        with node_process("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
+                          {"source": RECORDED, "rate_hz": 10.0, "loop": True, "wait_for_subscribers": 1,
+                           "wait_for_topics": CAMERAS, "durability": "transient_local"}, tmp_path / "publisher.log"):
+            spin_until(ros_node, lambda: recorder_value(statuses, "flushed_pairs") >= 4, 120,
+                       "four pairs flushed", [recorder])
+            # A second recorder on the same folder is refused while the first holds it.
+            with node_process("clip2scene_ros.record_node", "config/record_node.yaml",
+                              {**parameters, "camera_topics": "[]"}, tmp_path / "second.log") as second:
+                assert second.wait(timeout=60) == 2
+            flushed = recorder_value(statuses, "flushed_pairs")
+            recorder.send_signal(signal.SIGKILL)  # the sensors go on streaming
+            assert recorder.wait(timeout=30) == -signal.SIGKILL
+    second_log = (tmp_path / "second.log").read_text()
+    assert "is recording into it" in second_log and "Traceback" not in second_log
+
+    with pytest.raises(SourceError, match="clip2scene reindex"):
+        open_source(f"bag:{output}")
+    reports = reindex(output)
+    assert len(reports) == 1 and reports[0].clouds >= flushed  # the 60 s part was open; all it flushed is back
+    recorded = open_source(f"bag:{output}")
+    assert len(recorded) >= flushed
+    drive = [frame.points for frame in open_source(RECORDED)]  # the publisher loops it, restamped
+    for frame in recorded:
+        assert len(frame.cameras) == 2 and any(np.array_equal(frame.points, points) for points in drive)
+    parts = sorted(p for p in output.iterdir() if (p / "metadata.yaml").is_file())
+    with AnyReader(parts) as reader:  # rosbags itself reads the repaired recording
+        counts = {c.topic: c.msgcount for c in reader.connections}
+        qos = {c.topic: c.ext.offered_qos_profiles[0] for c in reader.connections}
+        assert sum(1 for _ in reader.messages([c for c in reader.connections if c.topic == "/lidar/points"])) \
+            == counts["/lidar/points"] >= flushed
+    assert counts["/tf"] >= 1 and counts["/tf_static"] >= 1
+    assert qos["/tf"].reliability == QosReliability.RELIABLE
+    assert (qos["/tf_static"].reliability, qos["/tf_static"].durability) == (QosReliability.RELIABLE,
+                                                                              QosDurability.TRANSIENT_LOCAL)
+
+
+def _unusable_output(kind: str, tmp_path: Path) -> Path:
+    if kind == "a file":
+        (tmp_path / "run").write_text("not a folder")
+        return tmp_path / "run"
+    if kind == "inside a file":
+        (tmp_path / "file").write_text("not a folder")
+        return tmp_path / "file" / "run"
+    if kind == "not empty":
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "notes.txt").write_text("someone else's")
+        return tmp_path / "run"
+    if os.geteuid() == 0:
+        pytest.skip("root writes into a read-only (0555) folder anyway")
+    (tmp_path / "ro").mkdir(mode=0o555)
+    return tmp_path / "ro" / "run"
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("kind, message", [("a file", "is a file, not a folder"),
+                                           ("inside a file", "cannot create or write into"),
+                                           ("not empty", "exists and is not empty"),
+                                           ("read-only", "cannot create or write into")])
+def test_an_unusable_output_dir_is_one_clear_error_and_exit_2(tmp_path, kind, message):
+    from ros_helpers import node_process
+
+    output = _unusable_output(kind, tmp_path)
+    with node_process("clip2scene_ros.record_node", "config/record_node.yaml", {"output_dir": str(output)},
+                      tmp_path / "recorder.log") as recorder:
+        assert recorder.wait(timeout=60) == 2
+    log = (tmp_path / "recorder.log").read_text()
+    assert f"parameter output_dir: " in log and message in log and "Traceback" not in log
