@@ -182,7 +182,6 @@ class RecordNode(Node):
             raise StartError(f"{out} exists and is not empty; choose a new folder (a recording a recorder left "
                              f"when it was killed is made readable with `clip2scene reindex {out}`)")
 
-
     def _open_part(self) -> None:
         if self.writer is not None:
             self.writer.close()

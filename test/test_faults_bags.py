@@ -45,7 +45,7 @@ def killed_recording(folder: Path, flushed: int, source: str = SOURCE) -> Path:
     """A recording folder whose writer was SIGKILLed with `flushed` frames flushed (and one more unflushed)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     result = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(folder), str(flushed), source], env=env,
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == -signal.SIGKILL, result.stderr
     return folder
 
@@ -138,7 +138,7 @@ def test_the_lock_dies_with_its_owner(tmp_path):
     code = "import os, signal, sys; from clip2scene_core.data.reindex import RecordingLock; " \
            "lock = RecordingLock(sys.argv[1]); print('locked', flush=True); os.kill(os.getpid(), signal.SIGKILL)"
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == -signal.SIGKILL and "locked" in result.stdout
     RecordingLock(tmp_path).release()  # free again: the kernel dropped the dead owner's flock
 
@@ -176,7 +176,7 @@ def test_cloud_stamps_that_go_backwards_are_counted_and_skipped(tmp_path, capsys
     assert "2 cloud(s) on /lidar/points skipped whose stamps are not after the previous cloud's" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        code, out, err = run_cli(capsys, "inspect", f"bag:{bag}")
+        code, out, _ = run_cli(capsys, "inspect", f"bag:{bag}")
     assert code == 0 and "4" in out and "2 cloud(s) on /lidar/points skipped" in caplog.text
 
 
@@ -285,10 +285,9 @@ def recorder_value(messages, key: str) -> int:
 @pytest.mark.slow
 def test_a_sigkilled_recorder_leaves_every_flushed_pair_readable(ros_node, calibration, tmp_path):
     from diagnostic_msgs.msg import DiagnosticArray
+    from ros_helpers import node_process, spin_until
     from rosbags.highlevel import AnyReader
     from rosbags.interfaces import QosDurability, QosReliability
-
-    from ros_helpers import node_process, spin_until
 
     statuses = []
     ros_node.create_subscription(DiagnosticArray, "/diagnostics", statuses.append, 50)
@@ -363,4 +362,63 @@ def test_an_unusable_output_dir_is_one_clear_error_and_exit_2(tmp_path, kind, me
                       tmp_path / "recorder.log") as recorder:
         assert recorder.wait(timeout=60) == 2
     log = (tmp_path / "recorder.log").read_text()
-    assert f"parameter output_dir: " in log and message in log and "Traceback" not in log
+    assert "parameter output_dir: " in log and message in log and "Traceback" not in log
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_the_vehicles_own_tf_is_recorded_with_tf_source_topics(ros_node, tmp_path):
+    tf2_msgs = pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs is not installed (every ROS 2 install has it; "
+                                                          "here it builds from ../shared/ros2-jazzy/tf2_msgs)")
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import TransformStamped
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from ros_helpers import node_process, spin_until
+    from rosbags.highlevel import AnyReader
+    from sensor_msgs.msg import PointCloud2
+
+    from clip2scene_ros import conversions
+
+    def transform(parent: str, child: str, stamp_ns: int, x: float) -> TransformStamped:
+        t = TransformStamped(header=conversions.header(stamp_ns, parent), child_frame_id=child)
+        t.transform.translation.x, t.transform.rotation.w = x, 1.0
+        return t
+
+    reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    static_pub = ros_node.create_publisher(tf2_msgs.TFMessage, "/tf_static", latched)
+    tf_pub = ros_node.create_publisher(tf2_msgs.TFMessage, "/tf", reliable)
+    cloud_pub = ros_node.create_publisher(PointCloud2, "/lidar/points", reliable)
+    static_pub.publish(tf2_msgs.TFMessage(transforms=[transform("base_link", "lidar", 0, 0.9)]))
+    statuses = []
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics", statuses.append, 50)
+    output = tmp_path / "recording"
+    with node_process("clip2scene_ros.record_node", "config/record_node.yaml",
+                      {"output_dir": str(output), "tf_source": "topics", "qos_reliability": "reliable"},
+                      tmp_path / "recorder.log") as recorder:
+        spin_until(ros_node, lambda: cloud_pub.get_subscription_count() and tf_pub.get_subscription_count()
+                   and static_pub.get_subscription_count(), 60, "the recorder's subscriptions", [recorder])
+        frames = make_frames(3, points=200, cameras=0)
+        sent = 0
+
+        def send_next() -> bool:
+            nonlocal sent
+            if sent < len(frames) and recorder_value(statuses, "written_pairs") >= sent:
+                frame = frames[sent]
+                tf_pub.publish(tf2_msgs.TFMessage(transforms=[transform("map", "base_link", frame.stamp_ns, sent)]))
+                cloud_pub.publish(conversions.cloud_msg(conv.encode_cloud(frame.points, frame.fields, frame.labels),
+                                                        conversions.header(frame.stamp_ns, "lidar")))
+                sent += 1
+            return recorder_value(statuses, "written_pairs") >= len(frames)
+
+        spin_until(ros_node, send_next, 60, "three clouds written", [recorder])
+        recorder.send_signal(signal.SIGTERM)
+        assert recorder.wait(timeout=30) == 0
+    with AnyReader(sorted(output.glob("part_*"))) as reader:
+        connections = {c.topic: c for c in reader.connections}
+        statics = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages([connections["/tf_static"]])]
+        poses = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages([connections["/tf"]])]
+    assert [(t.header.frame_id, t.child_frame_id, t.transform.translation.x) for m in statics for t in m.transforms] \
+        == [("base_link", "lidar", 0.9)]
+    assert len(poses) >= 1 and all(m.transforms[0].child_frame_id == "base_link" for m in poses)
+    assert len(open_source(f"bag:{output}")) == 3
