@@ -176,91 +176,93 @@ def _reindex_part(part: Path) -> PartReport:
     if backup.exists():
         raise SourceError(f"{part}: {backup.name} exists already (an interrupted reindex?); move it away and run "
                           f"reindex again")
-    schemas, channels, messages, end = _read_complete(source)
     work = part.parent / f".{part.name}.reindex"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:
-        counts, types = _write_part(work / part.name, schemas, channels, messages)
+        records = _CompleteRecords(source)
+        counts, types = _write_part(work / part.name, records)
         source.rename(backup)
         for written in sorted((work / part.name).iterdir(), key=lambda p: p.name == "metadata.yaml"):
             written.rename(part / written.name)  # metadata.yaml last: its presence means "finished"
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return PartReport(part, counts, types, backup.stat().st_size - end)
+    return PartReport(part, counts, types, backup.stat().st_size - records.end)
 
 
-def _read_complete(path: Path) -> tuple[dict, dict, list, int]:
-    """Schemas, channels and messages of every complete record of an mcap file, and the byte offset
-    where the complete records end (what follows is a record cut off by the writer's death)."""
-    schemas: dict[int, Schema] = {}
-    channels: dict[int, Channel] = {}
-    messages: list[Message] = []
-    size = path.stat().st_size
-    with path.open("rb") as file:
-        if file.read(len(_MCAP_MAGIC)) != _MCAP_MAGIC:
-            raise SourceError(f"{path}: not an mcap file (no mcap magic at its start); nothing to recover")
-        end = file.tell()
-        # Records are framed as opcode (1 byte), length (8 bytes), body; a record is complete when
-        # its whole body is in the file. The framing is read here, the bodies by the mcap library.
-        while end + 9 <= size:
-            opcode, length = struct.unpack("<BQ", file.read(9))
-            if end + 9 + length > size:
-                break
-            body = ReadDataStream(io.BytesIO(file.read(length)))
-            try:
-                if opcode == Opcode.CHUNK:
-                    records = breakup_chunk(Chunk.read(body))
-                elif opcode in _RECORDS:
-                    records = [_RECORDS[opcode].read(body, length) if opcode == Opcode.MESSAGE
-                               else _RECORDS[opcode].read(body)]
-                elif opcode == Opcode.FOOTER:
+_RECORDS = {Opcode.SCHEMA: Schema, Opcode.CHANNEL: Channel}
+
+
+class _CompleteRecords:
+    """The schema, channel and message records of an mcap file, in file order, up to the first record the
+    writer's death cut off; `end`: the byte offset where the complete records end (once iterated).
+
+    Records are framed as opcode (1 byte), length (8 bytes), body; a record is complete when its whole
+    body is in the file. The framing is read here, the bodies (and chunks) by the mcap library.
+    Messages are streamed, so a part of any size is repaired in little memory.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.end = 0
+
+    def __iter__(self):
+        size = self.path.stat().st_size
+        with self.path.open("rb") as file:
+            if file.read(len(_MCAP_MAGIC)) != _MCAP_MAGIC:
+                raise SourceError(f"{self.path}: not an mcap file (no mcap magic at its start); nothing to recover")
+            self.end = file.tell()
+            while self.end + 9 <= size:
+                opcode, length = struct.unpack("<BQ", file.read(9))
+                if self.end + 9 + length > size or opcode == Opcode.FOOTER:
                     break
-                else:
-                    records = []  # indexes, statistics, attachments: rebuilt or not needed
-            except (McapError, ValueError, struct.error, UnicodeDecodeError):
-                break  # a damaged record: what came before it is kept
-            for record in records:
-                if isinstance(record, Schema):
-                    schemas[record.id] = record
-                elif isinstance(record, Channel):
-                    channels[record.id] = record
-                elif isinstance(record, Message):
-                    messages.append(record)
-            end += 9 + length
-    return schemas, channels, messages, end
+                body = ReadDataStream(io.BytesIO(file.read(length)))
+                try:
+                    if opcode == Opcode.CHUNK:
+                        records = breakup_chunk(Chunk.read(body))
+                    elif opcode == Opcode.MESSAGE:
+                        records = [Message.read(body, length)]
+                    elif opcode in _RECORDS:
+                        records = [_RECORDS[opcode].read(body)]
+                    else:
+                        records = []  # indexes, statistics, attachments: rebuilt or not needed
+                except (McapError, ValueError, struct.error, UnicodeDecodeError):
+                    break  # a damaged record: what came before it is kept
+                yield from records
+                self.end += 9 + length
 
 
-_RECORDS = {Opcode.SCHEMA: Schema, Opcode.CHANNEL: Channel, Opcode.MESSAGE: Message}
-
-
-def _write_part(target: Path, schemas: dict, channels: dict, messages: list) -> tuple[dict, dict]:
+def _write_part(target: Path, records) -> tuple[dict, dict]:
     """A finished rosbag2 part (mcap) holding the given records; message counts and types per topic."""
     store = get_typestore(Stores.ROS2_JAZZY)
     writer = Writer(target, version=Writer.VERSION_LATEST, storage_plugin=StoragePlugin.MCAP)
     writer.open()
-    connections = {}
+    schemas: dict[int, Schema] = {}
+    connections, topics = {}, {}
     counts: dict[str, int] = {}
     types: dict[str, str] = {}
     try:
-        for channel_id, channel in sorted(channels.items()):
-            schema = schemas.get(channel.schema_id)
-            if schema is None:
-                raise SourceError(f"{target.name}: channel {channel.topic!r} has no schema in the file")
-            msgdef = schema.data.decode("utf-8")
-            if schema.name not in store.types:
-                store.register(get_types_from_msg(msgdef, schema.name))
-            qos = parse_qos(channel.metadata.get("offered_qos_profiles", ""))
-            connections[channel_id] = writer.add_connection(channel.topic, schema.name, msgdef=msgdef,
-                                                            rihs01=store.hash_rihs01(schema.name),
-                                                            serialization_format=channel.message_encoding,
-                                                            offered_qos_profiles=qos)
-            counts[channel.topic] = 0
-            types[channel.topic] = schema.name
-        for message in messages:
-            if message.channel_id in connections:
-                writer.write(connections[message.channel_id], message.log_time, message.data)
-                counts[channels[message.channel_id].topic] += 1
+        for record in records:
+            if isinstance(record, Schema):
+                schemas[record.id] = record
+            elif isinstance(record, Channel) and record.id not in connections:
+                schema = schemas.get(record.schema_id)
+                if schema is None:
+                    raise SourceError(f"{target.name}: channel {record.topic!r} comes before its schema")
+                msgdef = schema.data.decode("utf-8")
+                if schema.name not in store.types:
+                    store.register(get_types_from_msg(msgdef, schema.name))
+                qos = parse_qos(record.metadata.get("offered_qos_profiles", ""))
+                connections[record.id] = writer.add_connection(record.topic, schema.name, msgdef=msgdef,
+                                                               rihs01=store.hash_rihs01(schema.name),
+                                                               serialization_format=record.message_encoding,
+                                                               offered_qos_profiles=qos)
+                topics[record.id] = record.topic
+                counts[record.topic] = 0
+                types[record.topic] = schema.name
+            elif isinstance(record, Message) and record.channel_id in connections:
+                writer.write(connections[record.channel_id], record.log_time, record.data)
+                counts[topics[record.channel_id]] += 1
     finally:
         writer.close()
     return counts, types
