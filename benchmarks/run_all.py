@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["teacher", "student", "node", "soak", "ablation"]
+BENCHMARKS = ["teacher", "student", "node", "recording", "soak", "ablation"]
 
 
 def load(name: str) -> dict:
@@ -55,6 +55,8 @@ def summary() -> list[tuple[str, str, str]]:
     for row in load("recorder").get("rows", []):
         rows.append(("recorder 20 Hz, 6 cameras", f"{row['pairs_per_s']:.1f} pairs/s, {row['mb_per_s']:.1f} MB/s, "
                      f"{row['missed']} missed of {row['published']}", "no drops"))
+    for row in load("recording").get("rows", []):
+        rows.append((f"recording: {row['what']}", f"{row['pairs_per_s']:.0f} pairs/s, {row['mb_per_s']:.0f} MB/s", ""))
     for row in load("soak").get("rows", []):
         rows.append((f"soak {row['messages']} messages at {row['rate_hz']} Hz",
                      f"RSS {row['rss_start_mb']:.0f} -> {row['rss_end_mb']:.0f} MB, slope "

@@ -261,6 +261,18 @@ def _calibration(args) -> int:
     return 0
 
 
+def _reindex(args) -> int:
+    from .data.reindex import reindex
+
+    reports = reindex(args.bag)
+    if not reports:
+        print(f"{args.bag}: every part is complete; nothing to reindex")
+    for report in reports:
+        print(f"{report.part}: {report.clouds} clouds ({report.total} messages) kept, {report.dropped_bytes} bytes of "
+              f"a cut-off tail left out; the unfinished file is kept beside them as *.unfinished")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clip2scene", description="Open-vocabulary LiDAR segmentation (CLIP2Scene).")
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -353,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     calibration.add_argument("--frame", type=int, default=0, help="which frame's calibration (default 0)")
     calibration.add_argument("--ego-frame", default="base_link", dest="ego_frame")
     calibration.set_defaults(run=_calibration)
+
+    reindex = commands.add_parser("reindex", help="make a recording readable after its recorder was killed",
+                                  description="Rebuild each unfinished part (no metadata.yaml, or an mcap file that "
+                                              "was never closed) from its complete records.")
+    reindex.add_argument("bag", help="a recording's folder of parts, or one bag directory")
+    reindex.set_defaults(run=_reindex)
 
     for command in commands.choices.values():  # -v also after the command (SUPPRESS keeps a -v given before it)
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import array
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -62,20 +61,6 @@ def check_value(param: Param, value):
     if param.low is not None and not param.low <= value <= param.high:
         raise ValueError(f"parameter {param.name} must lie in [{param.low}, {param.high}], got {value!r}")
     return kind(value)
-
-
-def check_file(name: str, value: str, limit_bytes: int) -> None:
-    """A file named by parameter name must be a regular file of at most limit_bytes: a FIFO or a device
-    would block the node on open, a folder cannot be read. Names that are no path (a shipped vocabulary's)
-    pass; their loaders report them."""
-    path = Path(value).expanduser()
-    if not value or not path.exists():
-        return
-    if not path.is_file():
-        raise ValueError(f"parameter {name}: {value} is not a regular file (a folder, FIFO or device); name a file")
-    if path.stat().st_size > limit_bytes:
-        raise ValueError(f"parameter {name}: {value} is {path.stat().st_size} bytes, more than the {limit_bytes} "
-                         f"this parameter reads; is it the right file?")
 
 
 def declare(node, param: Param):

@@ -3,10 +3,15 @@
 Messages are taken serialised (no decoding) and paired by the core Synchronizer on their header
 stamps; only sweeps with every camera within the slop are written (the others are counted as
 dropped), each with its images and camera infos. The calibration file goes into every bag part as
-/tf_static, odometry (nav_msgs/Odometry) as /tf, so `clip2scene pretrain --data bag:OUTPUT_DIR`
-reads a recording directly. Parts are split by size or duration; SIGINT/SIGTERM finishes the
-current pair and closes the part; when the disk (or the file-size limit) is nearly full the
-recorder closes the part cleanly, reports the error and exits.
+/tf_static, odometry (nav_msgs/Odometry) as /tf (or, with tf_source "topics", the vehicle's own /tf
+and /tf_static), so `clip2scene pretrain --data bag:OUTPUT_DIR` reads a recording directly.
+
+Surviving any death: each pair is written cloud last and flushed to the file as whole mcap chunks,
+so a killed recorder's open part holds every flushed pair, and `clip2scene reindex OUTPUT_DIR` makes
+it readable; parts are split every 60 s by default, and the output folder is locked (flock) while
+the recorder runs. SIGINT/SIGTERM finishes the current pair and closes the part; when the disk (or
+the file-size limit) is nearly full the recorder closes the part cleanly, reports the error and
+exits 1; an output_dir it cannot use is reported and it exits 2, before subscribing to anything.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from clip2scene_core import messages as conv
 from clip2scene_core.calibration import load_calibration
+from clip2scene_core.data.reindex import LOCK_NAME, RecordingLock, RecordingLocked
 from clip2scene_core.data.rosbag2 import (
     CAMERA_INFO,
     COMPRESSED_IMAGE,
@@ -50,6 +56,13 @@ class StopRecording(Exception):
     """The recording cannot go on (disk full, write error); the part written so far is closed."""
 
 
+class StartError(Exception):
+    """The recorder cannot start (an unusable output_dir); the message says what to do."""
+
+
+TF_SOURCES = ("calibration", "topics")
+
+
 PARAMETERS = [
     Param("output_dir", "recordings/run", "folder of the recording (bag parts inside); must not exist yet",
           read_only=True),
@@ -63,8 +76,12 @@ PARAMETERS = [
     Param("sync_timeout_ms", 300.0, "give up waiting for a sweep's cameras after this long (the sweep is dropped)",
           1.0, 10000.0, read_only=True),
     Param("split_size_mb", 1024.0, "start a new bag part after this many MB", 1.0, 1e6, read_only=True),
-    Param("split_duration_s", 0.0, "start a new bag part after this many seconds; 0: never", 0.0, 1e6,
-          read_only=True),
+    Param("split_duration_s", 60.0, "start a new bag part after this many seconds (a kill loses at most the open "
+          "part's unflushed tail); 0: never", 0.0, 1e6, read_only=True),
+    Param("fsync_period_s", 1.0, "sync the open part to the disk at most this often (a power cut loses at most "
+          "this much); 0: never (flushed pairs still survive a kill)", 0.0, 3600.0, read_only=True),
+    Param("tf_source", "calibration", "calibration: calibration_file as /tf_static and odometry_topic as /tf; "
+          "topics: record the vehicle's own /tf and /tf_static", read_only=True),
     Param("reserve_mb", 16.0, "stop cleanly before free space or the file-size limit falls below this", 1.0, 1e5,
           read_only=True),
     Param("storage", "mcap", "mcap or sqlite3", read_only=True),
@@ -81,13 +98,24 @@ class RecordNode(Node):
         self.output_dir = Path(v.output_dir)
         self.split_size, self.split_duration, self.reserve = v.split_size_mb * 1e6, v.split_duration_s, \
             v.reserve_mb * 1e6
+        self.fsync_period, self.synced = v.fsync_period_s, time.monotonic()
         self.storage = v.storage
         lidar_topic, camera_topics, calibration_file = v.lidar_topic, v.camera_topics, v.calibration_file
+        if v.tf_source not in TF_SOURCES:
+            raise ValueError(f"parameter tf_source: {v.tf_source!r} is not one of {', '.join(TF_SOURCES)}")
+        tf_from_topics = v.tf_source == "topics"
+        self.lock: RecordingLock | None = None
+        try:
+            self._prepare_output_dir()
+        except StartError as error:
+            self.get_logger().error(f"parameter output_dir: {error}")
+            raise SystemExit(2) from None
 
-        if self.output_dir.exists() and any(self.output_dir.iterdir()):
-            raise ValueError(f"parameter output_dir: {self.output_dir} exists and is not empty; choose a new folder")
-        self.statics = load_calibration(calibration_file)[1] if calibration_file else []
-        if not calibration_file:
+        self.statics = load_calibration(calibration_file)[1] if calibration_file and not tf_from_topics else []
+        if tf_from_topics and calibration_file:
+            self.get_logger().warning("tf_source is topics: calibration_file is not recorded, the vehicle's "
+                                      "/tf_static is")
+        elif not calibration_file and not tf_from_topics:
             self.get_logger().warning("no calibration_file: the bag has no /tf_static, so its cameras cannot be "
                                       "placed when it is read")
         self.cameras = {topic: camera_name(topic) for topic in camera_topics}
@@ -105,6 +133,9 @@ class RecordNode(Node):
         # messages must not wait behind a backlog of sweeps and images.
         if v.odometry_topic:
             self.create_subscription(Odometry, v.odometry_topic, self.on_odometry, qos)
+        self.static_raw: list[bytes] = []  # the vehicle's /tf_static messages, written into every part
+        if tf_from_topics:
+            self._subscribe_tf()
         self.create_subscription(PointCloud2, lidar_topic, self.on_cloud, qos, raw=True)
         for topic, name in self.cameras.items():
             compressed = topic.rstrip("/").endswith("/compressed")
@@ -126,12 +157,30 @@ class RecordNode(Node):
         self.create_timer(1.0, self.publish_status)
         self.writer: BagWriter | None = None
         self.part = -1
-        self.written = self.dropped = self.poses = 0
+        self.written = self.dropped = self.poses = self.flushed = 0
         self.failed: str | None = None
         self._open_part()
         self.get_logger().info(f"recording {lidar_topic} with {len(self.cameras)} cameras into {self.output_dir}")
 
-    # -- parts ----------------------------------------------------------------------------------
+    # -- output folder and parts ------------------------------------------------------------------
+
+    def _prepare_output_dir(self) -> None:
+        """Create output_dir and lock it for this recorder; StartError when it cannot be used."""
+        out = self.output_dir
+        if out.exists() and not out.is_dir():
+            raise StartError(f"{out} is a file, not a folder; choose a new folder for the recording")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            self.lock = RecordingLock(out)
+        except RecordingLocked as error:
+            raise StartError(str(error)) from None
+        except OSError as error:
+            raise StartError(f"cannot create or write into {out} ({error.strerror or error}); choose a folder on a "
+                             f"writable disk that this user may write to") from None
+        if any(p.name != LOCK_NAME for p in out.iterdir()):
+            self.lock.release()
+            raise StartError(f"{out} exists and is not empty; choose a new folder (a recording a recorder left "
+                             f"when it was killed is made readable with `clip2scene reindex {out}`)")
 
     def _open_part(self) -> None:
         if self.writer is not None:
@@ -144,6 +193,8 @@ class RecordNode(Node):
             self.writer.add_topic(topic, msgtype)
         if self.statics:
             self.writer.write_static_transforms(self.statics, self.get_clock().now().nanoseconds)
+        for data in self.static_raw:
+            self.writer.write_raw("/tf_static", self._now(), data)
 
     def close(self) -> None:
         if self.writer is not None and self.waiting:
@@ -154,6 +205,9 @@ class RecordNode(Node):
             self.writer = None
             self.get_logger().info(f"closed {self.output_dir}: {self.written} pairs written, {self.dropped} dropped, "
                                    f"{self.part + 1} part(s)")
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def _room(self, size: int) -> None:
         """Raise StopRecording before a write that would leave less than the reserve on disk or under the
@@ -199,9 +253,35 @@ class RecordNode(Node):
         pose = msg.pose.pose
         T = conv.transform_to_matrix(pose.position, pose.orientation)
         stamp = conv.stamp_to_ns(msg.header.stamp)
-        tf = TYPESTORE.types[TF_MESSAGE](transforms=[transform_stamped(msg.header.frame_id, msg.child_frame_id, stamp, T)])
+        tf = TYPESTORE.types[TF_MESSAGE](transforms=[transform_stamped(msg.header.frame_id, msg.child_frame_id, stamp,
+                                                                       T)])
         self._guarded(lambda: self.writer.write_message("/tf", TF_MESSAGE, self._now(), tf))
         self.poses += 1
+
+    def _subscribe_tf(self) -> None:
+        try:
+            from tf2_msgs.msg import TFMessage
+        except ImportError:
+            raise ValueError("parameter tf_source: topics needs the tf2_msgs Python package (part of every ROS 2 "
+                             "install: source /opt/ros/jazzy/setup.bash)") from None
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+        # As tf2's own listeners subscribe: /tf reliable, /tf_static reliable and transient-local.
+        self.types["/tf"] = self.types["/tf_static"] = TF_MESSAGE
+        self.create_subscription(TFMessage, "/tf", self.on_tf, QoSProfile(depth=100,
+                                 reliability=ReliabilityPolicy.RELIABLE), raw=True)
+        self.create_subscription(TFMessage, "/tf_static", self.on_tf_static, QoSProfile(
+            depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL), raw=True)
+
+    def on_tf(self, data: bytes) -> None:
+        if self.writer is not None:
+            self._guarded(lambda: self.writer.write_raw("/tf", self._now(), data))
+
+    def on_tf_static(self, data: bytes) -> None:
+        if data in self.static_raw or self.writer is None:
+            return
+        self.static_raw = (self.static_raw + [data])[-64:]  # one latched message per broadcaster
+        self._guarded(lambda: self.writer.write_raw("/tf_static", self._now(), data))
 
     def on_poll(self) -> None:
         self._write(self.sync.poll(self._now()))
@@ -240,12 +320,18 @@ class RecordNode(Node):
                 self.split_duration and time.monotonic() - self.part_started > self.split_duration):
             self._open_part()
         self._room(size)
-        for topic, data, received in messages:
-            self.writer.write_raw(topic, received, data)
+        # The cloud goes last: a pair cut off by a kill then has no cloud in the file and is not read.
         for topic, data in extra:
             self.writer.write_raw(topic, messages[0][2], data)
+        for topic, data, received in messages[1:] + messages[:1]:
+            self.writer.write_raw(topic, received, data)
+        sync = self.fsync_period > 0 and time.monotonic() - self.synced >= self.fsync_period
+        self.writer.flush(to_disk=sync)
+        if sync:
+            self.synced = time.monotonic()
         self.part_bytes += size
         self.written += 1
+        self.flushed = self.written
 
     def _guarded(self, write) -> None:
         try:
@@ -260,7 +346,8 @@ class RecordNode(Node):
 
     def publish_status(self) -> None:
         level = DiagnosticStatus.ERROR if self.failed else DiagnosticStatus.OK
-        values = {"written_pairs": self.written, "dropped_pairs": self.dropped, "odometry": self.poses,
+        values = {"written_pairs": self.written, "flushed_pairs": self.flushed, "dropped_pairs": self.dropped,
+                  "odometry": self.poses,
                   "parts": self.part + 1,
                   "output_dir": str(self.output_dir)}
         status = DiagnosticStatus(level=level, name="clip2scene_recorder: recording",

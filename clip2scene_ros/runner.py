@@ -8,6 +8,8 @@ import rclpy.logging
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException
 
+from clip2scene_core.errors import UserError
+
 
 def run(node_class, args=None) -> int:
     """0 after a signal; 2 (the error logged, no traceback) when the node cannot start on its parameters
@@ -17,7 +19,7 @@ def run(node_class, args=None) -> int:
     try:
         try:
             node = node_class()
-        except (ValueError, OSError) as error:  # a bad parameter, a missing or unreadable file
+        except (UserError, ValueError, OSError) as error:  # a bad parameter, a missing or unreadable file
             rclpy.logging.get_logger(getattr(node_class, "__name__", "node")).error(f"cannot start: {error}")
             return 2
         rclpy.spin(node)

@@ -41,13 +41,11 @@ from clip2scene_core.vocabulary import IGNORE, Vocabulary, VocabularyError, load
 
 from . import conversions
 from .msg import SegmentationInfo
-from .params import INPUT_DURABILITY, Param, check_file, check_value, declare_all, qos_profile
+from .params import INPUT_DURABILITY, Param, check_value, declare_all, qos_profile
 from .runner import run
 from .worker import LatestWorker
 
 UNLABELLED = 65535
-TEXT_FILE_LIMIT = 1 << 20      # vocabulary, config and calibration YAML files
-CHECKPOINT_LIMIT = 4 << 30
 
 
 def vocabulary_from(file_or_name: str, names: list[str], prompts: list[str]) -> Vocabulary:
@@ -105,9 +103,6 @@ class SegmentNode(Node):
     def __init__(self):
         super().__init__("clip2scene_segmenter")
         v = declare_all(self, PARAMETERS)
-        for name, limit in (("vocabulary", TEXT_FILE_LIMIT), ("config_file", TEXT_FILE_LIMIT),
-                            ("calibration_file", TEXT_FILE_LIMIT), ("checkpoint", CHECKPOINT_LIMIT)):
-            check_file(name, getattr(v, name), limit)
         self.mode, self.vocabulary_file = v.mode, v.vocabulary
         self.class_names, self.class_prompts = v.class_names, v.class_prompts
         self.publish_colored, self.publish_overlay, self.overlay_camera = v.publish_colored, v.publish_overlay, \
@@ -243,8 +238,7 @@ class SegmentNode(Node):
             vocabulary = None
             if {"vocabulary", "class_names", "class_prompts"} & set(updates):
                 file = updates.get("vocabulary", self.vocabulary_file)
-                if "vocabulary" in updates:
-                    check_file("vocabulary", file, TEXT_FILE_LIMIT)
+                if "vocabulary" in updates:  # a FIFO or folder is refused without being opened
                     load_vocabulary(file)  # a bad file is refused even while class_names override it
                 vocabulary = vocabulary_from(file, updates.get("class_names", self.class_names),
                                              updates.get("class_prompts", self.class_prompts))

@@ -268,7 +268,7 @@ def test_inputs_and_parameters_that_used_to_kill_the_node(ros_node, world, tmp_p
         assert budget.result().values[0].double_value == 100.0  # the refused atomic set changed nothing
         fifo = tmp_path / "vocabulary.fifo"
         os.mkfifo(fifo)
-        assert "not a regular file" in refused(Parameter("vocabulary", Parameter.Type.STRING, str(fifo)))
+        assert "not a regular file" in refused(Parameter("vocabulary", Parameter.Type.STRING, str(fifo)))  # not opened
         h.send(h.cloud_message(), [(h.raw, h.image("rgb8")), (h.compressed, h.compressed_image("jpeg"))])
         assert process.poll() is None
     log = (tmp_path / "segmenter.log").read_text()

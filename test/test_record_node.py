@@ -46,7 +46,10 @@ def test_stopping_leaves_a_complete_split_recording_that_trains_a_student(ros_no
     parameters = {"output_dir": str(output), "camera_topics": CAMERAS, "calibration_file": str(calibration),
                   "odometry_topic": "/odom", "record_label_images": True, "qos_reliability": "reliable",
                   "qos_durability": "transient_local",
-                  "split_size_mb": 2.0}  # about two pairs per part: the recording is split
+                  "split_size_mb": 2.0,  # about two pairs per part: the recording is split
+                  # The publisher jpeg-encodes a frame's images after sending its cloud; under load its first
+                  # frame's images came 560 ms after the cloud, past the default 300 ms, and that pair was dropped.
+                  "sync_timeout_ms": 3000.0}
     with node_process("clip2scene_ros.record_node", "config/record_node.yaml", parameters,
                       tmp_path / "recorder.log") as recorder:
         # Under load the recorder's readers can match after the publisher has sent (discovery is not

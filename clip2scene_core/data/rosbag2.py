@@ -32,6 +32,7 @@ from ..frame import Camera, Frame
 from ..geometry import invert
 from ..sync import Synchronizer
 from ..tf_tree import TransformError, TransformTree
+from .reindex import is_locked, unfinished_parts
 from .source import FrameSource, MissingPosesError, SourceError
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ LATCHED_QOS = Qos(QosHistory.KEEP_LAST, 1, QosReliability.RELIABLE, QosDurabilit
                   QosLiveliness.AUTOMATIC, _FOREVER, False)
 RELIABLE_QOS = Qos(QosHistory.KEEP_LAST, 100, QosReliability.RELIABLE, QosDurability.VOLATILE, _FOREVER, _FOREVER,
                    QosLiveliness.AUTOMATIC, _FOREVER, False)
+# The offered QoS recorded per topic: tf2's listeners (RViz, `ros2 bag play` into them) subscribe to /tf
+# reliable and to /tf_static reliable and transient-local, and only match a player that offers as much.
+TOPIC_QOS = {"/tf": RELIABLE_QOS, "/tf_static": LATCHED_QOS}
 
 
 def camera_namespace(topic: str) -> str:
@@ -149,9 +153,26 @@ class BagWriter:
             self.writer.close()
             self.writer = None
 
-    def add_topic(self, topic: str, msgtype: str, qos: Qos = SENSOR_QOS, msgdef: str | None = None,
+    def flush(self, to_disk: bool = False) -> None:
+        """Make what was written so far outlive the process: mcap's pending chunk goes into the file as a
+        whole chunk, the file is flushed to the OS (survives SIGKILL and the OOM killer) and, with to_disk,
+        synced to the disk (survives a power cut). `reindex` makes such a part readable after a death.
+        sqlite3 parts are not flushed: rosbags commits them only on close. This reaches into rosbags'
+        mcap storage writer (rosbags 0.11, pinned), which has no public flush."""
+        storage = self.writer.storage
+        if not hasattr(storage, "close_chunk"):
+            return
+        if storage.chunk.bio.tell():
+            storage.close_chunk()
+        storage.bio.flush()
+        if to_disk:
+            os.fsync(storage.bio.fileno())
+
+    def add_topic(self, topic: str, msgtype: str, qos: Qos | None = None, msgdef: str | None = None,
                   rihs01: str | None = None):
+        """Register a topic once; qos: the offered QoS recorded for it (default TOPIC_QOS's, else sensor data)."""
         if topic not in self.connections:
+            qos = qos or TOPIC_QOS.get(topic, SENSOR_QOS)
             typestore = None if msgdef else TYPESTORE
             self.connections[topic] = self.writer.add_connection(topic, msgtype, typestore=typestore, msgdef=msgdef,
                                                                  rihs01=rihs01, offered_qos_profiles=[qos])
@@ -162,17 +183,18 @@ class BagWriter:
         self.writer.write(self.connections[topic], int(log_time_ns), data)
         self.counts[topic] += 1
 
-    def write_message(self, topic: str, msgtype: str, log_time_ns: int, msg, qos: Qos = SENSOR_QOS) -> None:
+    def write_message(self, topic: str, msgtype: str, log_time_ns: int, msg, qos: Qos | None = None) -> None:
         self.add_topic(topic, msgtype, qos)
         self.write_raw(topic, log_time_ns, TYPESTORE.serialize_cdr(msg, msgtype))
 
     def write_static_transforms(self, transforms: list[tuple[str, str, np.ndarray]], stamp_ns: int) -> None:
         """(parent, child, child->parent (4, 4)) transforms on /tf_static, latched."""
         msg = TYPESTORE.types[TF_MESSAGE](transforms=[transform_stamped(p, c, stamp_ns, T) for p, c, T in transforms])
-        self.write_message("/tf_static", TF_MESSAGE, stamp_ns, msg, LATCHED_QOS)
+        self.write_message("/tf_static", TF_MESSAGE, stamp_ns, msg)
 
     def write_frame(self, frame: Frame) -> None:
-        """One sweep with its cameras: cloud, images, camera infos, label images, ego pose on /tf.
+        """One sweep with its cameras: ego pose on /tf, images, camera infos, label images, then the cloud (a
+        frame cut off by the writer's death then has no cloud in the file, see `flush`).
 
         Camera extrinsics go to /tf_static once, from the first frame: the camera-to-ego transform is
         recovered from lidar_to_camera with the camera's own ego pose when the source gives one.
@@ -185,12 +207,12 @@ class BagWriter:
         poses.update({c.stamp_ns: c.ego_pose for c in frame.cameras if c.ego_pose is not None})
         for stamp_ns, pose in sorted(poses.items()):
             tf = types[TF_MESSAGE](transforms=[transform_stamped(layout.world_frame, layout.ego_frame, stamp_ns, pose)])
-            self.write_message("/tf", TF_MESSAGE, stamp_ns, tf, RELIABLE_QOS)
+            self.write_message("/tf", TF_MESSAGE, stamp_ns, tf)
+        for camera in frame.cameras:
+            self._write_camera(camera)
         cloud = cloud_message(conv.encode_cloud(frame.points, frame.fields, frame.labels), frame.stamp_ns,
                               frame.frame_id)
         self.write_message(layout.lidar_topic, POINTCLOUD2, frame.stamp_ns, cloud)
-        for camera in frame.cameras:
-            self._write_camera(camera)
 
     def _write_camera(self, camera: Camera) -> None:
         layout, types = self.layout, TYPESTORE.types
@@ -240,17 +262,28 @@ class _Ref:
 
 
 def bag_parts(path: Path) -> list[Path]:
-    """The bag directories of a recording: path itself, or its sub-directories that hold bags."""
-    if (path / "metadata.yaml").is_file():
+    """The bag directories of a recording: path itself, or its sub-directories that hold bags.
+
+    A part a killed recorder left unfinished is an error that says to run `clip2scene reindex`; while
+    a recorder still writes into the folder (its lock is held), the open part is left out with a warning.
+    """
+    unfinished = unfinished_parts(path) if path.is_dir() else []
+    if unfinished:
+        names = ", ".join(p.name for p in unfinished)
+        if not (is_locked(path) or is_locked(path.parent)):
+            raise SourceError(f"bag {path}: part(s) {names} were not closed (the recorder was killed, or the power "
+                              f"failed): run `clip2scene reindex {path}` to make them readable up to their last "
+                              f"complete pair")
+        log.warning("bag %s is being recorded: its open part(s) %s are left out", path, names)
+    if (path / "metadata.yaml").is_file() and path not in unfinished:
         return [path]
     if path.is_dir():
-        parts = sorted(p for p in path.iterdir() if (p / "metadata.yaml").is_file())
+        parts = sorted(p for p in path.iterdir() if (p / "metadata.yaml").is_file() and p not in unfinished)
         if parts:
             return parts
     if not path.exists():
         raise SourceError(f"bag {path} does not exist")
-    raise SourceError(f"{path} is not a rosbag2 recording: no metadata.yaml in it or in its sub-directories "
-                      f"(an interrupted `ros2 bag record` can be repaired with `ros2 bag reindex {path}`)")
+    raise SourceError(f"{path} is not a rosbag2 recording: no metadata.yaml in it or in its sub-directories")
 
 
 class BagSource(FrameSource):
@@ -344,8 +377,8 @@ class BagSource(FrameSource):
                 for reader in self._readers:
                     reader.open()
             except Exception as error:  # rosbags raises several types for unreadable bags
-                raise SourceError(f"bag {self.path}: cannot open ({error}); is it a complete rosbag2 recording?") \
-                    from None
+                raise SourceError(f"bag {self.path}: cannot open ({error}); if a recorder was killed while writing "
+                                  f"it, `clip2scene reindex {self.path}` repairs it") from None
             self._pid = os.getpid()
         return self._readers
 
@@ -361,9 +394,10 @@ class BagSource(FrameSource):
         camera_names = [self.camera_names[t] for t in self.camera_topics]
         sync = Synchronizer(camera_names, slop_ns=self.slop_ns, timeout_ns=None, queue_size=1_000_000)
         groups = []
+        self.skipped_clouds = 0
         for part, reader in enumerate(readers):
             connections = [c for p, c in sum((topics.get(t, []) for t in wanted), []) if p == part]
-            for connection, log_time, raw in reader.messages(connections=connections):
+            for connection, log_time, raw in self._messages(reader, connections, part):
                 topic = connection.topic
                 if topic in ("/tf", "/tf_static"):
                     self._add_transforms(reader.deserialize(raw, connection.msgtype), static=topic == "/tf_static")
@@ -380,6 +414,9 @@ class BagSource(FrameSource):
                 stamp_ns, frame_id = header_of(raw)
                 ref = _Ref(part, connection, log_time, stamp_ns, frame_id)
                 if topic == self.lidar_topic:
+                    if self.lidar_refs and stamp_ns <= self.lidar_refs[-1].stamp_ns:
+                        self._skip_cloud(ref)
+                        continue
                     self.lidar_refs.append(ref)
                     groups += sync.add_lidar(stamp_ns, ref, log_time)
                 elif topic in label_topics:
@@ -387,11 +424,31 @@ class BagSource(FrameSource):
                 else:
                     groups += sync.add_camera(self.camera_names[topic], stamp_ns, ref, log_time)
         groups += sync.flush()
+        if self.skipped_clouds:
+            log.warning("bag %s: %d cloud(s) on %s skipped whose stamps are not after the previous cloud's (a looped "
+                        "or restarted recording, or clouds out of order); read them as a bag of their own",
+                        self.path, self.skipped_clouds, self.lidar_topic)
         self.groups = groups
         self.sync_stats = sync.stats
         if not groups:
             raise SourceError(f"bag {self.path}: no messages on the LiDAR topic {self.lidar_topic}")
         self._check_calibration()
+
+    def _messages(self, reader: AnyReader, connections, part: int):
+        """reader.messages, with a damaged file (a part cut off or overwritten) as a SourceError."""
+        try:
+            yield from reader.messages(connections=connections)
+        except Exception as error:  # rosbags raises several types for damaged files
+            raise SourceError(f"bag {self.path}: part {self.parts[part].name} is damaged ({error}); if a recorder "
+                              f"was killed while writing it, `clip2scene reindex {self.path}` repairs it") from None
+
+    def _skip_cloud(self, ref: _Ref) -> None:
+        # Stamps that go backwards would pair the cloud with the wrong images and sweeps and break
+        # the older-sweep order: such clouds are counted and left out.
+        if not self.skipped_clouds:
+            log.warning("bag %s: cloud at t=%.3f s is not after the previous cloud (t=%.3f s); skipped", self.path,
+                        ref.stamp_ns * 1e-9, self.lidar_refs[-1].stamp_ns * 1e-9)
+        self.skipped_clouds += 1
 
     def _add_transforms(self, msg, static: bool) -> None:
         for t in msg.transforms:
@@ -405,6 +462,12 @@ class BagSource(FrameSource):
         """Decide the ego frame and drop cameras that cannot be placed, with a warning per camera."""
         lidar_frame = self.lidar_refs[0].frame_id
         self.lidar_frame = lidar_frame
+        try:
+            for frame in sorted(self.tree.frames):
+                self.tree.root(frame)
+        except TransformError as error:
+            raise SourceError(f"bag {self.path}: /tf and /tf_static {error} (a frame is its own ancestor); fix the "
+                              f"transforms the recording was made with, each frame needs one parent") from None
         self.ego_frame = self.tree.root(lidar_frame, static_only=True) if lidar_frame in self.tree.frames else lidar_frame
         self.world_frame = self.tree.root(self.ego_frame)
         self.has_poses = self.world_frame != self.ego_frame
@@ -462,8 +525,13 @@ class BagSource(FrameSource):
         ref: _Ref = group.lidar
         what = f"{self.lidar_topic} at t={ref.stamp_ns * 1e-9:.3f} s in {self.path}"
         cloud = conv.decode_cloud(self._deserialize(ref), self.label_field, what)
-        lidar_to_ego = self.tree.lookup(self.ego_frame, ref.frame_id) if ref.frame_id in self.tree.frames else np.eye(4)
-        ego_pose = self._ego_pose(ref.stamp_ns)
+        try:
+            lidar_to_ego = self.tree.lookup(self.ego_frame, ref.frame_id) if ref.frame_id in self.tree.frames \
+                else np.eye(4)
+            ego_pose = self._ego_pose(ref.stamp_ns)
+        except TransformError as error:
+            raise SourceError(f"{what}: cannot place the cloud: {error}; the recording's /tf must cover every "
+                              f"cloud (read a slice of it with ?start=..&stop=..)") from None
         cameras = []
         for topic, name in self.usable_cameras.items():
             if name in group.cameras:
@@ -489,11 +557,12 @@ class BagSource(FrameSource):
             label_image = None
             if label_ref is not None:
                 label_image = conv.decode_label_image(self._deserialize(label_ref), f"labels of {what}")
-        except conv.MessageError as error:
-            log.warning("%s; camera skipped for this frame", error)
+            camera_pose = self._ego_pose(ref.stamp_ns)
+            camera_to_ego = self.tree.lookup(self.ego_frame, ref.frame_id)
+        except (conv.MessageError, TransformError) as error:
+            problem = error if isinstance(error, conv.MessageError) else f"{what}: {error}"
+            log.warning("%s; camera skipped for this frame", problem)
             return None
-        camera_pose = self._ego_pose(ref.stamp_ns)
-        camera_to_ego = self.tree.lookup(self.ego_frame, ref.frame_id)
         # Points move with the ego between the sweep's and the image's stamps: go through the world.
         lidar_to_camera = invert(camera_to_ego) @ invert(camera_pose) @ ego_pose @ lidar_to_ego
         return Camera(name=name, image=image, intrinsics=intrinsics.K, lidar_to_camera=lidar_to_camera,
