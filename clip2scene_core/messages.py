@@ -368,6 +368,8 @@ def transform_to_matrix(translation, rotation) -> np.ndarray:
                  [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
                  [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]]
     T[:3, 3] = [translation.x, translation.y, translation.z]
+    if not np.all(np.isfinite(T[:3, 3])):
+        raise MessageError(f"transform has a NaN or infinite translation {T[:3, 3].tolist()}")
     return T
 
 

@@ -1,6 +1,7 @@
 """Message conversions, on the rosbags message classes and on rclpy's (both must decode alike)."""
 
 import io
+import zlib
 from types import SimpleNamespace as NS
 
 import numpy as np
@@ -54,9 +55,20 @@ def test_organised_cloud_with_padding_nans_and_big_endian():
     (dict(point_step=8), "beyond point_step"),
     (dict(data=np.zeros(10, np.uint8)), "truncated"),
     (dict(row_step=4), "row_step"),
+    # x y z intensity pad: each change stays inside the 20-byte point.
+    (dict(fields=[NS(name=n, offset=o, datatype=7, count=2 if n == "intensity" else 1)
+                  for n, o in zip(("x", "y", "z", "intensity", "pad"), (0, 4, 8, 12, 16))]),
+     "field 'intensity' has count 2"),
+    (dict(fields=[NS(name=n, offset=o, datatype=7, count=1) for n, o in zip(("x", "y", "z", "intensity", "pad"),
+                                                                            (0, 2, 8, 12, 16))]),
+     "field 'y' starts at byte 2, inside field 'x'"),
+    (dict(fields=[NS(name=n, offset=o, datatype=7, count=1) for n, o in zip(("x", "y", "z", "z", "pad"),
+                                                                            (0, 4, 8, 12, 16))]),
+     "field 'z' appears 2 times"),
 ])
 def test_malformed_clouds_are_named(change, message):
-    layout = conv.encode_cloud(np.zeros((4, 3), np.float32))
+    layout = conv.encode_cloud(np.zeros((4, 3), np.float32), {"intensity": np.zeros(4)},
+                               extra={"pad": np.zeros(4, np.float32)})
     msg = cloud(layout.fields, layout.point_step, layout.data, 4)
     for key, value in change.items():
         setattr(msg, key, value)
@@ -140,6 +152,27 @@ def test_camera_info_checks():
         conv.decode_camera_info(NS(k=good.k, d=[0.1] * 4, distortion_model="equidistant", width=1, height=1))
     assert conv.decode_camera_info(NS(k=good.k, d=[0] * 5, distortion_model="plumb_bob", width=1,
                                       height=1)).distortion_model == "none"
+
+
+def test_sizes_and_values_that_would_break_later_stages_are_refused():
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = (9000).to_bytes(4, "big") * 2  # the IHDR's width and height, then its CRC
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    with pytest.raises(conv.MessageError, match="9000x9000 pixels is outside"):
+        conv.decode_image(NS(format="png", data=bytes(data)), "png")
+    with pytest.raises(conv.MessageError, match="outside 1..50000000 pixels"):
+        conv.decode_image(NS(encoding="rgb8", height=10_000, width=10_000, step=30_000, is_bigendian=0,
+                             data=b""), "raw")
+    K = [100.0, 0, 50, 0, 100, 40, 0, 0, 1]
+    with pytest.raises(conv.MessageError, match="holds NaN or inf"):
+        conv.decode_camera_info(NS(k=K, d=[0.1, float("nan"), 0, 0, 0], distortion_model="plumb_bob", width=100,
+                                   height=80))
+    with pytest.raises(conv.MessageError, match="image size 0x80"):
+        conv.decode_camera_info(NS(k=K, d=[], distortion_model="", width=0, height=80))
+    with pytest.raises(conv.MessageError, match="NaN or infinite translation"):
+        conv.transform_to_matrix(NS(x=float("nan"), y=0, z=0), NS(x=0, y=0, z=0, w=1))
 
 
 def test_quaternion_round_trip():
