@@ -25,8 +25,17 @@ pip=("$python" -m pip install --disable-pip-version-check -q)
 # PyPI dependencies of launch (osrf-pycommon, lark) and ros2cli (argcomplete, psutil, packaging).
 "${pip[@]}" osrf-pycommon==2.0.2 lark==1.3.1 argcomplete==3.7.2 psutil==7.2.2 packaging
 
-installed() {  # installed() NAME: true when the venv holds this source's version of package NAME
-  cmp -s "$shared/$1/package.xml" "$venv/share/$1/package.xml"
+# launch_testing 3.4.3's pytest plugin declares the `path` hook argument that pytest 8 removed: loaded, it stops
+# every pytest run in the venv, and launch_testing_ros's plugin needs it. Both are installed without their
+# pytest11 entry points; the launch_testing API, `launch_test FILE` and launch_pytest's plugin work.
+no_pytest_plugin="launch_testing launch_testing_ros"
+
+installed() {  # installed() NAME: true when the venv holds this source's version of package NAME, as this installs it
+  cmp -s "$shared/$1/package.xml" "$venv/share/$1/package.xml" || return 1
+  case " $no_pytest_plugin " in
+    *" $1 "*) ! "$python" -c "import importlib.metadata as m, sys
+sys.exit(0 if any(e.group == 'pytest11' for e in m.distribution(sys.argv[1]).entry_points) else 1)" "$1" ;;
+  esac
 }
 
 # pip and CMake write into the source folder, and ../shared is read-only: work on copies.
@@ -57,5 +66,8 @@ for setup in "$shared"/*/setup.py; do
   if installed "$name"; then continue; fi
   echo "installing $name"
   copy "$name"
+  case " $no_pytest_plugin " in
+    *" $name "*) sed -i "/'pytest11'/d" "$build/src/$name/setup.py" ;;
+  esac
   "${pip[@]}" --no-deps --no-build-isolation "$build/src/$name"
 done
