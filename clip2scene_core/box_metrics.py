@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .objects import Box3D
+from .geometry import Box3D
 
 
 def _clip(subject: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .geometry import Box3D
 from .vocabulary import IGNORE, Vocabulary
 
 # The 13 neighbour offsets of a voxel's half 26-neighbourhood (the other 13 are their opposites).
@@ -47,23 +48,6 @@ class ObjectConfig:
             raise ObjectsError(f"objects distance_m must be a positive number of metres, got {self.distance_m!r}")
         if isinstance(self.min_points, bool) or not isinstance(self.min_points, int) or self.min_points < 1:
             raise ObjectsError(f"objects min_points must be an integer >= 1, got {self.min_points!r}")
-
-
-@dataclass
-class Box3D:
-    """An oriented box in the points' frame (for the segmenter, the LiDAR frame): center (3,) metres,
-    size (3,) length along the heading, width, height, metres; yaw: heading about z, radians."""
-
-    center: np.ndarray
-    size: np.ndarray
-    yaw: float
-
-    def corners_bev(self) -> np.ndarray:
-        """(4, 2) ground-plane corners, counter-clockwise."""
-        c, s = math.cos(self.yaw), math.sin(self.yaw)
-        half_l, half_w = self.size[0] / 2, self.size[1] / 2
-        local = np.array([[half_l, half_w], [-half_l, half_w], [-half_l, -half_w], [half_l, -half_w]])
-        return local @ np.array([[c, s], [-s, c]]) + self.center[:2]
 
 
 @dataclass

@@ -63,8 +63,10 @@ from .synthetic_objects import (
     TICK_OFFSET,
     WINDOWS,
     Layout,
+    ObjectTruth,
     World,
     build_world,
+    object_truth,
 )
 from .synthetic_raycast import BOX, CYLINDER, ELLIPSOID, MISS, Rays, Scene, cast, make_rays
 
@@ -153,7 +155,8 @@ class SyntheticWorld(FrameSource):
         self._world = build_world(seed, self._layout, s_min, s_max, self.moving)
         self._lidar = _lidar_rays(beams)
         self._cameras = [_camera_rig(i, width, height, self.distortion, seed) for i in range(cameras)]
-        self._cache: OrderedDict[int, Frame] = OrderedDict()
+        # tick -> (frame, scene, primitive of each point): the last two give the objects' truth on demand.
+        self._cache: OrderedDict[int, tuple[Frame, Scene, np.ndarray]] = OrderedDict()
 
     def __len__(self) -> int:
         return self.frames
@@ -178,7 +181,15 @@ class SyntheticWorld(FrameSource):
             self._cache[tick] = self._render(tick)
             while len(self._cache) > self.sweeps + 1:
                 self._cache.popitem(last=False)
-        return _copy_frame(self._cache[tick])
+        return _copy_frame(self._cache[tick][0])
+
+    def objects(self, index: int) -> ObjectTruth:
+        """The ground truth of frame index's objects: an instance id per point and each instance's box, in the
+        LiDAR frame (see ObjectTruth)."""
+        index = self._check_index(index)
+        self._frame(index)
+        _, scene, prim = self._cache[index]
+        return object_truth(self._world, scene, prim, np.array(LIDAR_TO_EGO_M))
 
     # -- rendering ------------------------------------------------------------------------------
 
@@ -195,21 +206,24 @@ class SyntheticWorld(FrameSource):
         x, y, heading = self._road.pose(np.array([s]), np.array([self._layout.ego_lane]))
         return float(x[0]), float(y[0]), float(heading[0]), s
 
-    def _render(self, tick: int) -> Frame:
+    def _render(self, tick: int) -> tuple[Frame, Scene, np.ndarray]:
         time_s = tick * SWEEP_PERIOD_NS * 1e-9
         stamp_ns = FIRST_STAMP_NS + tick * SWEEP_PERIOD_NS
         ego = self._ego_state(time_s)
         scene = _place(self._world, self._road, time_s, ego, CAMERA_RANGE_M if self._cameras else LIDAR_RANGE_M)
         rng = np.random.default_rng([self.seed, 5, tick + TICK_OFFSET])
-        points, labels, fields = self._sweep(scene, ego, rng)
+        points, labels, fields, prim = self._sweep(scene, ego, rng)
         lidar_to_ego = np.eye(4)
         lidar_to_ego[:3, 3] = LIDAR_TO_EGO_M
         cameras = [self._photograph(rig, scene, ego, stamp_ns) for rig in self._cameras]
-        return Frame(points=points, stamp_ns=stamp_ns, fields=fields, lidar_to_ego=lidar_to_ego,
-                     ego_pose=self.ego_pose_at(time_s), cameras=cameras, labels=labels,
-                     name=f"synthetic-{self.seed}/{tick:06d}")
+        frame = Frame(points=points, stamp_ns=stamp_ns, fields=fields, lidar_to_ego=lidar_to_ego,
+                      ego_pose=self.ego_pose_at(time_s), cameras=cameras, labels=labels,
+                      name=f"synthetic-{self.seed}/{tick:06d}")
+        return frame, scene, prim
 
-    def _sweep(self, scene: Scene, ego, rng) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    def _sweep(self, scene: Scene, ego, rng) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        """points (N, 3) float32 LiDAR frame, raw labels (N,), fields, and the scene primitive (or GROUND) each
+        point lies on."""
         rays = self._lidar
         hits = cast(rays, scene)
         hit = np.flatnonzero(np.isfinite(hits.t))
@@ -221,7 +235,7 @@ class SyntheticWorld(FrameSource):
         distance = t + rng.normal(0.0, LIDAR_RANGE_NOISE_M, len(hit)).astype(np.float32)
         points = dirs * distance[:, None]
         fields = {"intensity": intensity, "ring": rays.ring[hit], "time": rays.time[hit]}
-        return points.astype(np.float32), labels, fields
+        return points.astype(np.float32), labels, fields, prim
 
     def _photograph(self, rig: _CameraRig, scene: Scene, ego, stamp_ns: int) -> Camera:
         rays = rig.rays
@@ -439,7 +453,8 @@ def _place(world: World, road: _Road, time_s: float, ego, reach_m: float) -> Sce
     return Scene(centre.astype(np.float32), np.cos(yaw).astype(np.float32), np.sin(yaw).astype(np.float32),
                   half.astype(np.float32), np.linalg.norm(half, axis=1), kind, world.label[prims],
                   world.color[prims], world.reflect[prims], world.material[prims],
-                  {k: np.flatnonzero(kind == k) for k in (BOX, CYLINDER, ELLIPSOID)})
+                  {k: np.flatnonzero(kind == k) for k in (BOX, CYLINDER, ELLIPSOID)}, prims,
+                  np.stack([px, py, pyaw], axis=1))
 
 
 # -- sensors ---------------------------------------------------------------------------------------

@@ -455,3 +455,58 @@ def build_world(seed: int, layout: Layout, s_min: float, s_max: float, moving: b
         _parking_lane(b, rng, s0, s1, layout)
         _oncoming(b, rng, s0, s1, layout)
     return b.finish()
+
+
+# -- ground truth of objects -----------------------------------------------------------------------
+
+
+@dataclass
+class ObjectTruth:
+    """The objects a sweep's points lie on. An instance is the part of one world object that carries one label
+    (a semi is a truck and a trailer, as nuScenes annotates them).
+
+    instances: (N,) int64 per point, an index into boxes and labels; -1 for ground points.
+    boxes: the instances' boxes, LiDAR frame, each spanning all of its primitives (also the parts no ray hit).
+    labels: (K,) int64 raw nuScenes label of each instance; num_points: (K,) int64 points on it.
+    """
+
+    instances: np.ndarray
+    boxes: list
+    labels: np.ndarray
+    num_points: np.ndarray
+
+
+def object_truth(world: World, scene, prim: np.ndarray, lidar_in_ego: np.ndarray) -> ObjectTruth:
+    """ObjectTruth of points lying on scene primitives prim (N,) (negative: the ground); scene a synthetic_raycast
+    Scene placed from world; lidar_in_ego (3,) the LiDAR origin in the ego frame (the LiDAR is not rotated)."""
+    from ..geometry import Box3D
+
+    instances = np.full(len(prim), -1, np.int64)
+    on_object = np.flatnonzero(prim >= 0)
+    source = scene.source
+    # One key per (world object, label) of every scene primitive.
+    keys = world.prim_obj[source] * 64 + world.label[source]
+    unique, key_of_prim = np.unique(keys, return_inverse=True)
+    hit_keys, instance_of_hit = np.unique(key_of_prim[prim[on_object]], return_inverse=True)
+    instances[on_object] = instance_of_hit
+    # Each primitive's extent in its object's frame: centre +- half sizes turned by its own yaw.
+    offset, half, yaw = world.offset[source], world.half[source], world.yaw[source]
+    reach_x = np.abs(np.cos(yaw)) * half[:, 0] + np.abs(np.sin(yaw)) * half[:, 1]
+    reach_y = np.abs(np.sin(yaw)) * half[:, 0] + np.abs(np.cos(yaw)) * half[:, 1]
+    low = np.stack([offset[:, 0] - reach_x, offset[:, 1] - reach_y, offset[:, 2] - half[:, 2]], axis=1)
+    high = np.stack([offset[:, 0] + reach_x, offset[:, 1] + reach_y, offset[:, 2] + half[:, 2]], axis=1)
+    lows = np.full((len(unique), 3), np.inf)
+    highs = np.full((len(unique), 3), -np.inf)
+    np.minimum.at(lows, key_of_prim, low)
+    np.maximum.at(highs, key_of_prim, high)
+    pose = np.zeros((len(unique), 3))
+    pose[key_of_prim] = scene.object_pose
+    boxes = []
+    for k in hit_keys:
+        x, y, heading = pose[k]
+        c, s = math.cos(heading), math.sin(heading)
+        middle = (lows[k] + highs[k]) / 2
+        centre = np.array([x + c * middle[0] - s * middle[1], y + s * middle[0] + c * middle[1], middle[2]])
+        boxes.append(Box3D(centre - lidar_in_ego, highs[k] - lows[k], math.atan2(s, c)))
+    return ObjectTruth(instances, boxes, (unique[hit_keys] % 64).astype(np.int64),
+                       np.bincount(instance_of_hit, minlength=len(hit_keys)).astype(np.int64))

@@ -29,6 +29,10 @@ class Scene:
     reflect: np.ndarray
     material: np.ndarray
     by_kind: dict[int, np.ndarray] = field(default_factory=dict)
+    # Where each primitive comes from: its index in the world and its object's pose in the ego frame
+    # (x, y, yaw), for the ground truth of objects.
+    source: np.ndarray | None = None
+    object_pose: np.ndarray | None = None
 
 
 @dataclass
