@@ -69,6 +69,17 @@ class Objects:
     instances: np.ndarray
     objects: list[DetectedObject] = field(default_factory=list)
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """instances int32 and the boxes as arrays: box_centers (K, 3), box_sizes (K, 3), box_yaws (K,),
+        box_classes (K,), box_scores (K,)."""
+        boxes = self.objects
+        return {"instances": self.instances.astype(np.int32),
+                "box_centers": np.array([o.box.center for o in boxes], np.float32).reshape(-1, 3),
+                "box_sizes": np.array([o.box.size for o in boxes], np.float32).reshape(-1, 3),
+                "box_yaws": np.array([o.box.yaw for o in boxes], np.float32),
+                "box_classes": np.array([o.class_index for o in boxes], np.int64),
+                "box_scores": np.array([o.score for o in boxes], np.float32)}
+
 
 def cluster(points: np.ndarray, classes: np.ndarray, distance_m: float, min_points: int = 1) -> np.ndarray:
     """Euclidean clustering per class on a voxel grid.
@@ -208,3 +219,14 @@ def detect_objects(points: np.ndarray, labels: np.ndarray, scores: np.ndarray, t
             objects.append(DetectedObject(fit_box(points[members]), int(labels[members[0]]),
                                           float(np.mean(scores[members])), int(instances[members[0]]), len(members)))
     return Objects(instances, objects)
+
+
+def box_outline(box: Box3D, per_edge: int = 40) -> np.ndarray:
+    """(12 * per_edge, 3) points along the box's 12 edges, for drawing it with the points."""
+    c, s = math.cos(box.yaw), math.sin(box.yaw)
+    signs = np.array([(x, y, z) for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
+    corners = signs * box.size / 2
+    corners = corners @ np.array([[c, s, 0], [-s, c, 0], [0, 0, 1]]) + box.center
+    edges = [(i, j) for i in range(8) for j in range(i + 1, 8) if np.abs(signs[i] - signs[j]).sum() == 2]
+    t = np.linspace(0, 1, per_edge)[:, None]
+    return np.concatenate([corners[i] + t * (corners[j] - corners[i]) for i, j in edges]).astype(np.float32)
