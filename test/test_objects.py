@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from clip2scene_core.box_metrics import box_iou, match
-from clip2scene_core.objects import Box3D, ObjectConfig, ObjectsError, cluster, detect_objects, fit_box
+from clip2scene_core.geometry import Box3D
+from clip2scene_core.objects import ObjectConfig, ObjectsError, cluster, detect_objects, fit_box
 
 
 def box_surface(center, size, yaw, spacing=0.1, sides=("front", "back", "left", "right", "top")):
