@@ -82,14 +82,22 @@ class MatchCounts:
 
 
 def match(detections: list[tuple[Box3D, float]], truth: list[Box3D], threshold: float = 0.5,
-          bev: bool = False) -> MatchCounts:
+          bev: bool = False, center_distance_m: float | None = None) -> MatchCounts:
     """Greedy matching of one class's detections (box, score), highest score first, each to the unmatched
-    ground-truth box it overlaps most with IoU >= threshold (as in the KITTI and nuScenes evaluations)."""
+    ground-truth box it overlaps most with IoU >= threshold (as in the KITTI evaluation); with
+    center_distance_m, to the nearest one whose centre is at most that far in the ground plane instead (as in
+    the nuScenes detection benchmark, which uses 0.5, 1, 2 and 4 m)."""
+    def affinity(box: Box3D, other: Box3D) -> float:
+        if center_distance_m is not None:
+            return -float(np.hypot(*(box.center[:2] - other.center[:2])))
+        return box_iou(box, other, bev)
+
+    needed = -center_distance_m if center_distance_m is not None else threshold
     taken = np.zeros(len(truth), bool)
     hits = 0
     for box, _ in sorted(detections, key=lambda d: -d[1]):
-        ious = np.array([box_iou(box, t, bev) if not taken[i] else -1.0 for i, t in enumerate(truth)])
-        if len(ious) and ious.max() >= threshold:
-            taken[int(ious.argmax())] = True
+        values = np.array([affinity(box, t) if not taken[i] else -np.inf for i, t in enumerate(truth)])
+        if len(values) and values.max() >= needed:
+            taken[int(values.argmax())] = True
             hits += 1
     return MatchCounts(hits, len(detections), len(truth))

@@ -137,3 +137,11 @@ def test_iou_and_matching():
     counts = match([(shifted, 0.9), (a, 0.8)], [a])
     assert (counts.true_positives, counts.detections, counts.ground_truth) == (1, 2, 1)
     assert counts.precision == 0.5 and counts.recall == 1.0
+
+
+def test_matching_by_centre_distance():
+    truth = Box3D(np.array([10.0, 0.0, 1.0]), np.array([4.0, 2.0, 2.0]), 0.0)
+    thin = Box3D(np.array([11.5, 0.5, 1.0]), np.array([1.0, 0.1, 1.0]), 0.0)  # a partial view, 1.58 m off
+    assert match([(thin, 1.0)], [truth]).true_positives == 0
+    assert match([(thin, 1.0)], [truth], center_distance_m=2.0).true_positives == 1
+    assert match([(thin, 1.0)], [truth], center_distance_m=1.0).true_positives == 0
