@@ -118,3 +118,39 @@ def test_objects_and_a_query_set_at_run_time_reach_another_process(ros_node, vis
         np.testing.assert_array_equal(matches.points, frame.points[similarity > 0.0])
         assert (read_field(queries[-1], "similarity") > 0.0).all()
         assert segmenter.poll() is None
+
+
+def test_without_vision_msgs_the_node_says_so_and_publishes_markers(ros_node, tiny_student, tmp_path):
+    """A ROS install without vision_msgs, simulated by a package of that name that fails to import."""
+    import os
+
+    from sensor_msgs.msg import PointCloud2
+    from visualization_msgs.msg import MarkerArray
+
+    from clip2scene_ros import conversions
+
+    shadow = tmp_path / "shadow" / "vision_msgs"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('vision_msgs is not installed (simulated)')\n")
+    markers = []
+    ros_node.create_subscription(MarkerArray, "segmentation/objects/markers", markers.append, 20)
+    publisher = ros_node.create_publisher(PointCloud2, "/lidar/points", 10)
+    frame = open_source(SOURCE)[0]
+    message = conversions.cloud_msg(conv.encode_cloud(frame.points, frame.fields), conversions.header(3_000, "lidar"))
+    parameters = {"mode": "student", "checkpoint": str(tiny_student), "qos_reliability": "reliable",
+                  "thing_classes": "[" + ",".join(load_vocabulary("nuscenes").names) + "]"}
+    path = os.pathsep.join([str(shadow.parent), os.environ.get("PYTHONPATH", "")])
+    with node_process("clip2scene_ros.segment_node", "config/segment_node.yaml", parameters,
+                      tmp_path / "segmenter.log", env={"PYTHONPATH": path}) as segmenter:
+        spin_until(ros_node, lambda: publisher.get_subscription_count() > 0
+                   and ros_node.count_publishers("segmentation/objects/markers") > 0, 60, "the segmenter",
+                   [segmenter])
+        deadline = time.monotonic() + 60
+        while not markers and time.monotonic() < deadline:
+            publisher.publish(message)
+            spin_for(ros_node, 1.0, lambda: bool(markers))
+        assert markers and len(markers[0].markers) > 1
+        assert ros_node.count_publishers("segmentation/objects") == 0
+        assert ros_node.count_publishers("segmentation/label_info") == 0
+        assert segmenter.poll() is None
+    assert "vision_msgs is not installed" in (tmp_path / "segmenter.log").read_text()
