@@ -9,10 +9,10 @@ apart than 2 * sqrt(3) * distance_m are never joined directly. The work is one p
 one sort of the voxel keys, 13 neighbour look-ups per voxel and label propagation with pointer jumping over the
 voxel graph: no point-to-point distances, so it scales with the points, not their square.
 
-Boxes: the heading is the ground-plane direction whose enclosing rectangle of the instance's points has the
-least area (for the L of a car's two visible sides this is the car's own axis), searched over 0-90 degrees in
-1 degree steps and refined to 0.05 degrees; the box spans the points' extent along it and from their lowest to
-their highest z. Length is along the heading and never shorter than the width; yaw is in (-pi/2, pi/2].
+Boxes: the heading is the ground-plane direction whose enclosing rectangle the instance's points hug most
+closely (the L-shape criterion, see _closeness; for the L of a car's two visible sides this is the car's own
+axis), searched over 0-90 degrees in 3 degree steps and refined to 0.05 degrees; the box spans the points'
+extent along it and from their lowest to their highest z. Length is along the heading and never shorter than the width; yaw is in (-pi/2, pi/2].
 """
 
 from __future__ import annotations
@@ -162,10 +162,13 @@ def fit_box(points: np.ndarray) -> Box3D:
     if points.ndim != 2 or points.shape[1] != 3 or not len(points):
         raise ObjectsError(f"fit_box needs points of shape (M, 3) with M >= 1, got {points.shape}")
     xy = points[:, :2] - points[:, :2].mean(axis=0)
-    coarse = np.radians(np.arange(0.0, 90.0, 1.0))
-    best = coarse[np.argmin(_areas(xy, coarse))]
-    fine = best + np.radians(np.arange(-1.0, 1.0001, 0.05))
-    yaw = float(fine[np.argmin(_areas(xy, fine))])
+    yaw, step = 0.0, 3.0
+    angles = np.radians(np.arange(0.0, 90.0, step))
+    for finer in (0.25, 0.05):  # 3 degree steps, then 0.25 and 0.05 degree steps around the best
+        yaw = float(angles[np.argmax(_closeness(xy, angles))])
+        angles = yaw + np.radians(np.arange(-step, step + 1e-9, finer))
+        step = finer
+    yaw = float(angles[np.argmax(_closeness(xy, angles))])
     c, s = math.cos(yaw), math.sin(yaw)
     along, across = xy @ np.array([c, s]), xy @ np.array([-s, c])
     length, width = np.ptp(along), np.ptp(across)
@@ -181,11 +184,20 @@ def fit_box(points: np.ndarray) -> Box3D:
                  np.array([length, width, z_high - z_low]), yaw)
 
 
-def _areas(xy: np.ndarray, angles: np.ndarray) -> np.ndarray:
-    """(A,) area of the rectangle enclosing xy (M, 2) with its sides along each angle."""
+CLOSENESS_FLOOR_M = 0.01  # distances below this count as on the edge (the LiDAR's range noise)
+
+
+def _closeness(xy: np.ndarray, angles: np.ndarray) -> np.ndarray:
+    """(A,) how close the points xy (M, 2) lie to the edges of their enclosing rectangle with sides along each
+    angle: the sum over points of 1 / (distance to the nearest edge, at least CLOSENESS_FLOOR_M). A LiDAR sees
+    an object's outline, so its rectangle is the one the points hug (the L-shape criterion of Zhang et al.,
+    "Efficient L-Shape Fitting for Vehicle Detection Using Laser Scanners", IV 2017); the least-area rectangle
+    is ambiguous where a roof's sparse points leave the corners empty."""
     along = xy @ np.stack([np.cos(angles), np.sin(angles)])
     across = xy @ np.stack([-np.sin(angles), np.cos(angles)])
-    return np.ptp(along, axis=0) * np.ptp(across, axis=0)
+    to_edge = np.minimum(np.minimum(along.max(axis=0) - along, along - along.min(axis=0)),
+                         np.minimum(across.max(axis=0) - across, across - across.min(axis=0)))
+    return (1.0 / np.maximum(to_edge, CLOSENESS_FLOOR_M)).sum(axis=0)
 
 
 def thing_mask(vocabulary: Vocabulary) -> np.ndarray:
