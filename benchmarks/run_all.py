@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["teacher", "student", "node", "recording", "soak", "ablation"]
+BENCHMARKS = ["teacher", "student", "node", "recording", "objects", "soak", "ablation"]
 
 
 def load(name: str) -> dict:
@@ -52,6 +52,14 @@ def summary() -> list[tuple[str, str, str]]:
             rows.append((f"node end to end, {row['mode']}, {row['points'] // 1000}k points, 6 cameras",
                          f"p50 {row['p50_ms']:.0f} / p95 {row['p95_ms']:.0f} / p99 {row['p99_ms']:.0f} ms, "
                          f"{row['node_rss_mb']:.0f} MB", ""))
+    for row in load("objects_timing").get("rows", []):
+        rows.append((f"objects: clustering + boxes, {row['points'] // 1000}k points ({row['objects']} objects)",
+                     f"{row['cluster_and_boxes_p50_ms']:.0f} ms (clustering {row['cluster_p50_ms']:.0f} ms)", ""))
+    for row in load("objects_quality").get("rows", []):
+        if row["class"] == "all things":
+            rows.append((f"objects: boxes from {row['mode']}, {row['ground_truth']} objects",
+                         (f"P {row['precision']:.2f} / R {row['recall']:.2f} at 3D IoU 0.5 (2 m centre "
+                          f"distance: P {row['precision_2m']:.2f} / R {row['recall_2m']:.2f})"), ""))
     for row in load("recorder").get("rows", []):
         rows.append(("recorder 20 Hz, 6 cameras", f"{row['pairs_per_s']:.1f} pairs/s, {row['mb_per_s']:.1f} MB/s, "
                      f"{row['missed']} missed of {row['published']}", "no drops"))

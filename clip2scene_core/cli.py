@@ -129,10 +129,17 @@ def _segment(args) -> int:
     config = _config(args)
     output_folder(args.out, "--out")
     source = _open_all([args.data], config.teacher.name)[0]
-    summary = segment_source(source, _segmenter(args, config), Path(args.out), pictures=not args.no_pictures)
-    print(f"{len(summary['frames'])} frames segmented ({args.mode}) into {args.out}")
+    segmenter = _segmenter(args, config)
+    segmenter.set_query(args.query or "")
+    summary = segment_source(source, segmenter, Path(args.out), pictures=not args.no_pictures, objects=config.objects,
+                             query_threshold=args.query_threshold)
+    print(f"{len(summary['frames'])} frames segmented ({args.mode}) into {args.out}, "
+          f"{sum(summary['objects_per_frame'])} objects")
     for name, count in summary["points_per_class"].items():
         print(f"  {name:<24} {count:>10}")
+    if "query" in summary:
+        print(f"  query {args.query!r}: {sum(summary['query']['points_per_frame'])} points above "
+              f"{args.query_threshold}")
     return 0
 
 
@@ -318,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     model_options(segment)
     segment.add_argument("--out", required=True, help="output folder")
     segment.add_argument("--no-pictures", action="store_true", help="skip the per-frame pictures")
+    segment.add_argument("--query", metavar="TEXT", help="also score every point against this text (any text, "
+                         "through the class prompt templates): a per-point cosine similarity in the output")
+    segment.add_argument("--query-threshold", type=float, default=0.25, dest="query_threshold",
+                         help="cosine above which a point matches the query (default 0.25)")
     segment.set_defaults(run=_segment)
 
     evaluate = commands.add_parser("evaluate", help="per-class IoU and mIoU against the source's labels "

@@ -16,6 +16,7 @@ from pathlib import Path
 from .errors import UserError
 from .files import read_yaml
 from .finetune import FinetuneConfig
+from .objects import ObjectConfig
 from .student.network import StudentConfig
 from .teacher.clip_model import ClipConfig
 from .train import TrainConfig, check_grid
@@ -46,6 +47,7 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    objects: ObjectConfig = field(default_factory=ObjectConfig)
 
     def __post_init__(self) -> None:
         check_grid(self.train, self.student)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -165,3 +166,20 @@ def voxelize(points: np.ndarray | torch.Tensor, voxel_size_m: float) -> Voxels:
     counts = torch.bincount(point_to_voxel, minlength=n_voxels)
     return Voxels(coords=grid[first].int(), point_to_voxel=point_to_voxel, voxel_to_point=first, counts=counts,
                   origin=low.cpu().numpy() * voxel_size_m)
+
+
+@dataclass
+class Box3D:
+    """An oriented box in the points' frame (for the segmenter, the LiDAR frame): center (3,) metres,
+    size (3,) length along the heading, width, height, metres; yaw: heading about z, radians."""
+
+    center: np.ndarray
+    size: np.ndarray
+    yaw: float
+
+    def corners_bev(self) -> np.ndarray:
+        """(4, 2) ground-plane corners, counter-clockwise."""
+        c, s = math.cos(self.yaw), math.sin(self.yaw)
+        half_l, half_w = self.size[0] / 2, self.size[1] / 2
+        local = np.array([[half_l, half_w], [-half_l, half_w], [-half_l, -half_w], [half_l, -half_w]])
+        return local @ np.array([[c, s], [-s, c]]) + self.center[:2]

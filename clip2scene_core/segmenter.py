@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .errors import UsageError
 from .frame import Frame
@@ -42,12 +43,15 @@ def resolve_device(name: str) -> torch.device:
 class Segmentation:
     """labels: (N,) int64 class index (IGNORE where no mode could label the point);
     scores: (N,) float32 confidence in [0, 1]; seen: (N,) bool, inside some camera's image (in every mode);
-    timings_ms: milliseconds per stage."""
+    timings_ms: milliseconds per stage;
+    similarity: with a query set, (N,) float32 cosine between each point's feature and the query text's
+    embedding, in [-1, 1]; NaN where the point has no feature (teacher mode: no camera sees it); else None."""
 
     labels: np.ndarray
     scores: np.ndarray
     seen: np.ndarray
     timings_ms: dict[str, float] = field(default_factory=dict)
+    similarity: np.ndarray | None = None
 
     def counts(self, num_classes: int) -> np.ndarray:
         return np.bincount(self.labels[self.labels != IGNORE], minlength=num_classes)
@@ -66,7 +70,19 @@ class Segmenter:
         if mode in ("student", "fusion") and student is None:
             raise UsageError(f"mode {mode!r} needs a student checkpoint")
         self.mode, self.teacher, self.student = mode, teacher, student
+        self.query, self.query_embedding = "", None
         self.set_vocabulary(vocabulary)
+
+    def set_query(self, text: str) -> None:
+        """A text (any, in or out of the vocabulary) that every point is scored against, through the same
+        prompt templates as the classes; "" for none."""
+        text = text.strip()
+        if not text:
+            self.query, self.query_embedding = "", None
+            return
+        encoder = (self.student if self.student is not None else self.teacher).text_encoder
+        self.query_embedding = F.normalize(encoder.embed(Vocabulary.from_names([text], "query"))[0].float(), dim=0)
+        self.query = text
 
     def set_vocabulary(self, vocabulary: Vocabulary) -> None:
         """Switch the classes; text embeddings are recomputed (cached on disk for CLIP)."""
@@ -89,21 +105,34 @@ class Segmenter:
         n = len(frame)
         labels, scores = np.full(n, IGNORE, np.int64), np.zeros(n, np.float32)
         seen = np.zeros(n, bool)
-        if self.mode in ("student", "fusion"):
+        query = self.query_embedding
+        similarity = np.full(n, np.nan, np.float32) if query is not None else None
+        if self.mode in ("student", "fusion") and n:
             with self._timed(timings, "student"):
-                labels, scores = self.student.predict(frame)
+                features = self.student.features(frame)
+                labels, scores = self.student.classify(features)
+                if query is not None:
+                    similarity = _cosine(features, query)
         if self.mode in ("teacher", "fusion") and frame.cameras and n:
             with self._timed(timings, "teacher"):
                 output = self.teacher.predict(frame.cameras)
             with self._timed(timings, "projection"):
-                points = predict_points(output, frame.points, frame.cameras)
+                points = predict_points(output, frame.points, frame.cameras, with_features=query is not None)
             seen = points.in_view  # evaluated as in view even where the teacher gives no label
             take = points.seen if self.mode == "teacher" else points.seen & (points.confidence > scores)
             labels, scores = labels.copy(), scores.copy()
             labels[take] = points.labels[take]
             scores[take] = points.confidence[take]
+            if query is not None and take.any():
+                similarity[take] = _cosine(points.features[torch.from_numpy(take)], query)
         elif frame.cameras and n:
             from .geometry import project
             for camera in frame.cameras:
                 seen |= project(frame.points, camera).valid
-        return Segmentation(labels, scores, seen, timings)
+        return Segmentation(labels, scores, seen, timings, similarity)
+
+
+def _cosine(features: torch.Tensor, direction: torch.Tensor) -> np.ndarray:
+    """(N,) float32 cosine of each feature row (N, D) with the unit vector direction (D,)."""
+    features = F.normalize(features.float(), dim=1)
+    return (features @ direction.to(features.device)).cpu().numpy().astype(np.float32)

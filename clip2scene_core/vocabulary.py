@@ -8,6 +8,7 @@ A vocabulary is a YAML file:
         prompts: [car, sedan]      # optional; defaults to [name]
         color: [255, 158, 0]
         ids: [17]                  # raw label ids of a dataset this class covers (evaluation)
+        thing: true                # optional, default false: countable objects, clustered into boxes
 
 Class index i (the order in the file) is the label value the segmenters output. Raw ids that no
 class covers are ignored in evaluation.
@@ -40,7 +41,7 @@ def _config_dir() -> Path:
 
 
 CONFIG_DIR = _config_dir()
-_CLASS_KEYS = {"name", "prompts", "color", "ids"}
+_CLASS_KEYS = {"name", "prompts", "color", "ids", "thing"}
 
 
 class VocabularyError(UserError, ValueError):
@@ -53,6 +54,7 @@ class VocabularyClass:
     prompts: list[str]
     color: tuple[int, int, int]
     ids: list[int] = field(default_factory=list)
+    thing: bool = False  # a countable object class (vehicle, person, movable object): clustered into boxes
 
 
 @dataclass
@@ -141,12 +143,13 @@ class Vocabulary:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "classes": [{"name": c.name, "prompts": list(c.prompts), "color": list(c.color),
-                                                "ids": list(c.ids)} for c in self.classes]}
+                                                "ids": list(c.ids), "thing": c.thing} for c in self.classes]}
 
 
 def _parse_class(entry, index: int, origin: str) -> VocabularyClass:
     if not isinstance(entry, dict):
-        raise VocabularyError(f"{origin}: classes[{index}] must be a mapping with name, color (and prompts, ids)")
+        raise VocabularyError(f"{origin}: classes[{index}] must be a mapping with name, color (and prompts, ids, "
+                              f"thing)")
     label = f"{origin}: class {entry.get('name', index)!r}"
     unknown = set(entry) - _CLASS_KEYS
     if unknown:
@@ -168,7 +171,10 @@ def _parse_class(entry, index: int, origin: str) -> VocabularyClass:
         raise VocabularyError(f"{label}: key 'ids' must be a list of integer raw label ids, got {ids!r}")
     if len(set(ids)) != len(ids):
         raise VocabularyError(f"{label}: key 'ids' lists an id twice: {ids}")
-    return VocabularyClass(name.strip(), [p.strip() for p in prompts], tuple(color), list(ids))
+    thing = entry.get("thing", False)
+    if not isinstance(thing, bool):
+        raise VocabularyError(f"{label}: key 'thing' must be true or false, got {thing!r}")
+    return VocabularyClass(name.strip(), [p.strip() for p in prompts], tuple(color), list(ids), thing)
 
 
 def default_color(index: int) -> tuple[int, int, int]:

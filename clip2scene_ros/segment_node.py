@@ -2,10 +2,13 @@
 
 ROS I/O only: messages go into clip2scene_core.live.LivePipeline (the core's synchroniser and
 Segmenter), results come back out as messages. Outputs, relative to the node's namespace:
-  segmentation/points    PointCloud2: x, y, z, intensity, label (uint16, 65535 = unlabelled), score
+  segmentation/points    PointCloud2: x, y, z, intensity, label (uint16, 65535 = unlabelled), score, and
+                         query_similarity (float32 cosine, NaN: no feature) while the query parameter is set
   segmentation/colored   PointCloud2: x, y, z, rgb (RViz colours of the vocabulary)
   segmentation/info      clip2scene_ros/SegmentationInfo: classes, colours, counts, mode, model, stage timings
   segmentation/overlay   sensor_msgs/Image: one camera with the labelled points drawn (publish_overlay)
+  segmentation/objects, segmentation/label_info, segmentation/objects/markers, segmentation/query: the objects
+                         of the thing classes and a text query's matches (see object_outputs)
   /diagnostics           diagnostic_msgs/DiagnosticArray: WARN/ERROR over budget or when inputs stop
 Nothing is decoded or segmented while no output has a subscriber. Decoding and inference run in a worker
 thread on the newest released sweep (older ones are dropped and counted), so subscriptions, timers and
@@ -39,7 +42,7 @@ from clip2scene_core.segmenter import MODES, Segmenter, resolve_device
 from clip2scene_core.teacher import label_images_name
 from clip2scene_core.vocabulary import IGNORE, Vocabulary, VocabularyError, load_vocabulary
 
-from . import conversions
+from . import conversions, object_outputs
 from .msg import SegmentationInfo
 from .params import INPUT_DURABILITY, Param, check_value, declare_all, qos_profile
 from .runner import run
@@ -94,6 +97,7 @@ PARAMETERS = [
     Param("input_timeout_s", 1.0, "diagnostics ERROR when no cloud arrives this long, WARN when a camera sends no "
           "image this long (run time)", 0.1, 60.0),
     Param("label_field", "label", "ground-truth label field of the input cloud, if any", read_only=True),
+    *object_outputs.PARAMETERS,
 ]
 
 
@@ -131,6 +135,7 @@ class SegmentNode(Node):
             if self.mode == "teacher":
                 self.model_id = teacher.identity
         self.segmenter = Segmenter(self.vocabulary, self.mode, teacher=teacher, student=student)
+        self.segmenter.set_query(v.query)
 
         calibration = load_calibration(v.calibration_file)[0] if v.calibration_file else None
         if camera_topics and calibration is None:
@@ -165,6 +170,9 @@ class SegmentNode(Node):
         self.info_pub = self.create_publisher(SegmentationInfo, "segmentation/info", out)
         self.overlay_pub = self.create_publisher(Image, "segmentation/overlay", out)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.objects_out = object_outputs.ObjectOutputs(self, v)
+        self.objects_out.check(self.vocabulary)  # thing_classes must name classes of the vocabulary
+        self.objects_out.publish_label_info(self.vocabulary, conversions.header(self._now(), ""))
         self.add_on_set_parameters_callback(self.on_parameters)
         self.create_timer(0.01, self.on_poll)
         self.create_timer(1.0, self.publish_diagnostics)
@@ -182,7 +190,7 @@ class SegmentNode(Node):
 
     def _wanted(self) -> bool:
         return any(pub.get_subscription_count() for pub in (self.points_pub, self.colored_pub, self.info_pub,
-                                                            self.overlay_pub))
+                                                            self.overlay_pub)) or self.objects_out.wanted()
 
     def on_cloud(self, msg: PointCloud2) -> None:
         self.last_cloud = time.monotonic()
@@ -215,6 +223,7 @@ class SegmentNode(Node):
             vocabulary, self.next_vocabulary = self.next_vocabulary, None
             self.segmenter.set_vocabulary(vocabulary)  # recomputes the text embeddings
             self.vocabulary = vocabulary
+            self.objects_out.publish_label_info(vocabulary, conversions.header(self._now(), ""))
             self.get_logger().info(f"vocabulary now {vocabulary.name}: {', '.join(vocabulary.names)}")
         group, released_ns = job
         result = self.pipeline.process(group, released_ns)
@@ -242,6 +251,7 @@ class SegmentNode(Node):
                     load_vocabulary(file)  # a bad file is refused even while class_names override it
                 vocabulary = vocabulary_from(file, updates.get("class_names", self.class_names),
                                              updates.get("class_prompts", self.class_prompts))
+                self.objects_out.check(vocabulary)  # thing_classes must still name classes
         except (VocabularyError, ValueError, OSError) as error:
             self._warn(f"parameter change refused: {error}")
             return SetParametersResult(successful=False, reason=str(error))
@@ -249,8 +259,14 @@ class SegmentNode(Node):
                   "overlay_camera": "overlay_camera", "processing_budget_ms": "budget_ms",
                   "input_timeout_s": "input_timeout_s", "vocabulary": "vocabulary_file",
                   "class_names": "class_names", "class_prompts": "class_prompts"}
+        refused = self.objects_out.update(updates, vocabulary or self.vocabulary)
+        if refused:
+            return SetParametersResult(successful=False, reason=refused)
         for name in set(updates) & set(simple):
             setattr(self, simple[name], updates[name])
+        if "query" in updates:
+            self.segmenter.set_query(updates["query"])
+            self.get_logger().info(f"query now {updates['query']!r}")
         if vocabulary is not None:
             self.next_vocabulary = vocabulary  # the worker switches before its next sweep
         return SetParametersResult(successful=True)
@@ -269,6 +285,8 @@ class SegmentNode(Node):
         header = conversions.header(frame.stamp_ns, frame.frame_id)
         labels = np.where(segmentation.labels == IGNORE, UNLABELLED, segmentation.labels).astype(np.uint16)
         extra = {"label": labels, "score": segmentation.scores.astype(np.float32)}
+        if segmentation.similarity is not None:
+            extra["query_similarity"] = segmentation.similarity
         intensity = {"intensity": frame.fields["intensity"]} if "intensity" in frame.fields else {}
         if self.points_pub.get_subscription_count():
             self.points_pub.publish(conversions.cloud_msg(conv.encode_cloud(frame.points, intensity, extra=extra),
@@ -287,6 +305,7 @@ class SegmentNode(Node):
                                                                                      camera.frame_id)))
         timings = dict(result.timings_ms)
         timings["encode"] = (time.perf_counter() - started) * 1e3
+        timings.update(self.objects_out.publish(header, frame.points, segmentation, self.vocabulary))
         total = (self._now() - result.arrival_ns) * 1e-6
         self.last_latency_ms = total
         self.info_pub.publish(self._info(header, segmentation, timings, total))
@@ -324,7 +343,7 @@ class SegmentNode(Node):
                   "skipped_images": stats.skipped_images, "rejected_camera_infos": stats.rejected_infos,
                   "dropped_clouds": self.worker.dropped, "failed_clouds": stats.failed,
                   "segmenting_for_s": f"{0.0 if busy is None else now - busy:.2f}",
-                  "seconds_since_cloud": f"{silent:.2f}"}
+                  "seconds_since_cloud": f"{silent:.2f}", "objects_ms": f"{self.objects_out.last_ms:.1f}"}
         status = DiagnosticStatus(level=level, name="clip2scene_segmenter: processing", message=message,
                                   hardware_id=self.get_fully_qualified_name(),
                                   values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])

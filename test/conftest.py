@@ -1,6 +1,7 @@
 """Test environment: offline, DDS isolated, deterministic; fixtures for the shared real samples."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,10 @@ os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "SHM"
 os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
 os.environ.setdefault("ROS_LOG_DIR", str(ROOT / "build" / "ros_log"))
 os.environ.setdefault("MPLBACKEND", "Agg")
+# A sourced ROS 2 install sets AMENT_PREFIX_PATH; a venv of the ROS 2 wheels is its own ament prefix (make setup
+# registers the package's interfaces there), so the ament index works in it unsourced.
+if not os.environ.get("AMENT_PREFIX_PATH") and (Path(sys.prefix) / "share" / "ament_index").is_dir():
+    os.environ["AMENT_PREFIX_PATH"] = sys.prefix
 
 
 @pytest.fixture(scope="session")

@@ -15,9 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @contextmanager
 def node_process(module: str, params_file: str | None = None, parameters: dict | None = None, log_path: Path = None,
-                 file_size_limit: int | None = None):
+                 file_size_limit: int | None = None, env: dict | None = None):
     """Start `python -m module --ros-args ...` in its own process; stop it (SIGINT, then SIGKILL) on exit.
-    file_size_limit: RLIMIT_FSIZE in bytes for the process (a full disk without filling one)."""
+    file_size_limit: RLIMIT_FSIZE in bytes for the process (a full disk without filling one);
+    env: variables set for the process on top of this one's."""
     command = [sys.executable, "-m", module, "--ros-args"]
     if params_file:
         command += ["--params-file", str(ROOT / params_file)]
@@ -28,7 +29,7 @@ def node_process(module: str, params_file: str | None = None, parameters: dict |
         import resource
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
-    process = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
                                preexec_fn=limit if file_size_limit else None)
     try:
         yield process

@@ -72,6 +72,34 @@ def test_segment_and_evaluate_in_teacher_mode(tmp_path, bag, config, capsys):
         assert (tmp_path / "eval" / picture).is_file()
 
 
+def test_segment_writes_objects_and_a_text_query(tmp_path, config, capsys):
+    """Boxes of the thing classes and a per-point similarity to a text; with the label teacher a point's feature
+    is its class's text embedding, so a query naming a class scores exactly that class's points 1."""
+    assert main(["segment", "--mode", "teacher", "--teacher", "labels", "--data", SCENE, "--vocabulary", "nuscenes",
+                 "--config", str(config), "--out", str(tmp_path / "seg"), "--query", "car"]) == 0
+    assert "query 'car'" in capsys.readouterr().out
+    stored = np.load(tmp_path / "seg" / "frames" / "000000.npz")
+    summary = json.loads((tmp_path / "seg" / "segmentation.json").read_text())
+    car = summary["vocabulary"]["classes"].index(next(c for c in summary["vocabulary"]["classes"] if c["name"] == "car"))
+    labels, similarity = stored["labels"], stored["similarity"].astype(np.float32)
+    assert (labels == car).any()
+    np.testing.assert_allclose(similarity[labels == car], 1.0, atol=1e-3)
+    labelled_other = (labels != car) & (labels >= 0)
+    assert (similarity[labelled_other] < 0.25).all() and np.isnan(similarity[labels < 0]).all()
+    assert summary["query"]["points_per_frame"][0] == int((labels == car).sum())
+    # Every object is a thing class, its points share its instance id, and a car is among them.
+    things = {i for i, c in enumerate(summary["vocabulary"]["classes"]) if c["thing"]}
+    assert car in stored["box_classes"] and set(stored["box_classes"]) <= things
+    for k, cls in enumerate(stored["box_classes"]):
+        assert (labels[stored["instances"] == k] == cls).all()
+    assert len(stored["box_centers"]) == summary["objects_per_frame"][0] > 0
+    assert (tmp_path / "seg" / "pictures" / "000000_query.png").is_file()
+    (tmp_path / "bad.yaml").write_text("objects: {distance_m: 0}\n")
+    assert main(["segment", "--mode", "teacher", "--teacher", "labels", "--data", SCENE, "--config",
+                 str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "bad")]) == 2
+    assert "distance_m" in capsys.readouterr().err
+
+
 def test_a_labels_teacher_reads_its_named_topic(tmp_path, config, capsys):
     """--teacher labels:NAME takes the label images at <camera namespace>/NAME in segment, evaluate and replay."""
     from clip2scene_core.data.rosbag2 import BagLayout, BagWriter

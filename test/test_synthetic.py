@@ -247,3 +247,30 @@ def test_pictures(artifacts):
     save_png(artifacts / "synthetic_bev.png", render_frame(dataclasses.replace(frame, cameras=[]), color_by="label",
                                                            palette=PALETTE))
     assert (artifacts / "synthetic_overlay.png").stat().st_size > 10_000
+
+
+def test_object_truth_gives_every_object_point_an_instance_inside_its_box():
+    world = SyntheticWorld(frames=2, seed=3, cameras=0)
+    frame, truth = world[1], world.objects(1)
+    assert truth.instances.shape == (len(frame),)
+    ground = np.isin(frame.labels, [24, 25, 26, 27])
+    assert (truth.instances[ground] == -1).all() and (truth.instances[~ground] >= 0).all()
+    assert len(truth.boxes) == len(truth.labels) == len(truth.num_points) == truth.instances.max() + 1
+    np.testing.assert_array_equal(np.bincount(truth.instances[~ground]), truth.num_points)
+    cars = 0
+    for k, box in enumerate(truth.boxes):
+        members = frame.points[truth.instances == k]
+        assert (frame.labels[truth.instances == k] == truth.labels[k]).all()
+        # Inside the box up to the 1.5 cm range noise (5 sigma).
+        c, s = math.cos(box.yaw), math.sin(box.yaw)
+        local = members - box.center
+        along, across = local[:, 0] * c + local[:, 1] * s, -local[:, 0] * s + local[:, 1] * c
+        slack = 0.08
+        assert (np.abs(along) <= box.size[0] / 2 + slack).all() and (np.abs(across) <= box.size[1] / 2 + slack).all()
+        assert (np.abs(local[:, 2]) <= box.size[2] / 2 + slack).all()
+        if truth.labels[k] == 17:
+            cars += 1
+            assert 4.1 < box.size[0] < 5.0 and 1.7 < box.size[1] < 2.0 and 1.4 < box.size[2] < 1.8
+            # Cars stand on the road: the box bottom is at the ground, 1.84 m below the LiDAR.
+            assert box.center[2] - box.size[2] / 2 == pytest.approx(-1.84, abs=1e-3)
+    assert cars >= 2

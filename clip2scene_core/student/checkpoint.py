@@ -196,7 +196,11 @@ class StudentModel:
         """(labels (N,) int64, scores (N,) float32): argmax over the vocabulary's text embeddings."""
         if len(frame) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        features = self.features(frame)
+        return self.classify(self.features(frame))
+
+    @torch.no_grad()
+    def classify(self, features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """predict's (labels, scores) from point features (N, D)."""
         if self.classifier is not None:
             probabilities = torch.softmax(self.classifier(features), dim=1)
         else:
