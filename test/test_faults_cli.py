@@ -44,6 +44,9 @@ def cli(*arguments: str, timeout: float = 240) -> Run:
         pid = os.fork()
         if pid == 0:  # the child: what `python -m clip2scene_core.cli` does after its imports
             code = 1
+            # The parent's OpenMP pool does not survive fork: a parallel op in the child would wait for it
+            # forever (as in torch's DataLoader workers, which do the same).
+            torch.set_num_threads(1)
             try:
                 os.dup2(out.fileno(), 1)
                 os.dup2(err.fileno(), 2)
