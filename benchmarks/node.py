@@ -243,7 +243,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         write("node_end_to_end", end_to_end_rows(Path(folder), frames=6 if args.quick else 24, quick=args.quick),
               {"note": "sweep stamped and published -> segmentation node -> labelled cloud received here, over DDS "
-                       "(shared memory, reliable, transient local), first 2 sweeps left out; in_node = arrival "
+                       "(shared memory, reliable, transient local), first 2 sweeps left out; in_node = header stamp "
                        "of the sweep to output; 6 cameras 400x224 jpeg; student preset small; teacher = label "
                        "images (hash text)"})
         write("recorder", recorder_rows(Path(folder), seconds=3 if args.quick else 10),

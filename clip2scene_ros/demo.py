@@ -214,7 +214,7 @@ def table(summary: dict) -> str:
         f"{pct(summary['student_miou_in_view']):>14}",
         "",
         f"student inference p50 {summary['student_latency_ms_p50']:.0f} ms per sweep; live in-node p50 "
-        f"{summary['live_latency_ms_p50']:.0f} ms (arrival to output) over {summary['live_sweeps']} sweeps "
+        f"{summary['live_latency_ms_p50']:.0f} ms (stamp to output) over {summary['live_sweeps']} sweeps "
         f"({summary['live_dropped']} dropped for a newer one)",
         f"times: record {summary['record_s']:.0f} s, pretrain {summary['pretrain_s']:.0f} s, live "
         f"{summary['live_s']:.0f} s, replay {summary['replay_s']:.0f} s"])

@@ -9,12 +9,20 @@ from __future__ import annotations
 
 def launch_overrides(arguments: dict[str, str], booleans: tuple[str, ...] = ("use_sim_time",)) -> dict:
     """Launch arguments as parameter overrides on top of the params file: an empty argument keeps the file's
-    value, so a launch default never replaces what the user's params file says."""
+    value (use_sim_time included), so a launch default never replaces what the user's params file says.
+    A boolean argument takes true/false, 1/0, yes/no (any case); anything else is a ValueError naming it."""
     overrides = {}
     for name, text in arguments.items():
+        value = text.strip()
+        if value == "":
+            continue
         if name in booleans:
-            overrides[name] = text.strip().lower() in ("true", "1", "yes")
-        elif text != "":
+            words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+            if value.lower() not in words:
+                raise ValueError(f"launch argument {name} must be true or false (or empty: the params file's "
+                                 f"value), got {text!r}")
+            overrides[name] = words[value.lower()]
+        else:
             overrides[name] = text
     return overrides
 

@@ -44,6 +44,7 @@ from clip2scene_core.vocabulary import IGNORE, Vocabulary, VocabularyError, load
 
 from . import conversions, object_outputs
 from .msg import SegmentationInfo
+from .debug_outputs import DebugOutputs
 from .params import INPUT_DURABILITY, Param, check_value, declare_all, qos_profile
 from .runner import run
 from .worker import LatestWorker
@@ -96,6 +97,10 @@ PARAMETERS = [
     Param("processing_budget_ms", 100.0, "diagnostics WARN above it, ERROR above twice it (run time)", 1.0, 10000.0),
     Param("input_timeout_s", 1.0, "diagnostics ERROR when no cloud arrives this long, WARN when a camera sends no "
           "image this long (run time)", 0.1, 60.0),
+    Param("max_age_ms", 0.0, "a released sweep whose header stamp is older than this (node clock) when the worker "
+          "takes it is dropped and counted as stale_clouds; 0: off (run time)", 0.0, 600000.0),
+    Param("publish_debug", False, "publish each stage time on ~/debug/processing_time_ms/<stage> and the "
+          "stamp-to-publish latency on ~/debug/pipeline_latency_ms, std_msgs/Float64 (run time)"),
     Param("label_field", "label", "ground-truth label field of the input cloud, if any", read_only=True),
     *object_outputs.PARAMETERS,
 ]
@@ -112,6 +117,7 @@ class SegmentNode(Node):
         self.publish_colored, self.publish_overlay, self.overlay_camera = v.publish_colored, v.publish_overlay, \
             v.overlay_camera
         self.budget_ms, self.input_timeout_s = v.processing_budget_ms, v.input_timeout_s
+        self.max_age_ms, self.stale = v.max_age_ms, 0
         checkpoint, config_file, teacher_name = v.checkpoint, v.config_file, v.teacher
         camera_topics, offsets = v.camera_topics, v.camera_offsets_ms
 
@@ -171,6 +177,7 @@ class SegmentNode(Node):
         self.overlay_pub = self.create_publisher(Image, "segmentation/overlay", out)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.objects_out = object_outputs.ObjectOutputs(self, v)
+        self.debug_out = DebugOutputs(self, v.publish_debug)
         self.objects_out.check(self.vocabulary)  # thing_classes must name classes of the vocabulary
         self.objects_out.publish_label_info(self.vocabulary, conversions.header(self._now(), ""))
         self.add_on_set_parameters_callback(self.on_parameters)
@@ -178,7 +185,7 @@ class SegmentNode(Node):
         self.create_timer(1.0, self.publish_diagnostics)
         self.last_cloud = time.monotonic()
         self.last_image = {name: self.last_cloud for name in self.cameras.values()}
-        self.last_latency_ms = 0.0
+        self.last_latency_ms = self.last_arrival_latency_ms = 0.0
         self.warned: dict[str, float] = {}
         self.get_logger().info(f"{self.mode} mode on {v.lidar_topic} with {len(self.cameras)} cameras, vocabulary "
                                f"{self.vocabulary.name} ({len(self.vocabulary)} classes)")
@@ -190,7 +197,8 @@ class SegmentNode(Node):
 
     def _wanted(self) -> bool:
         return any(pub.get_subscription_count() for pub in (self.points_pub, self.colored_pub, self.info_pub,
-                                                            self.overlay_pub)) or self.objects_out.wanted()
+                                                            self.overlay_pub)) or self.objects_out.wanted() \
+            or self.debug_out.wanted()
 
     def on_cloud(self, msg: PointCloud2) -> None:
         self.last_cloud = time.monotonic()
@@ -226,6 +234,12 @@ class SegmentNode(Node):
             self.objects_out.publish_label_info(vocabulary, conversions.header(self._now(), ""))
             self.get_logger().info(f"vocabulary now {vocabulary.name}: {', '.join(vocabulary.names)}")
         group, released_ns = job
+        age_ms = (self._now() - group.stamp_ns) * 1e-6
+        if self.max_age_ms > 0 and age_ms > self.max_age_ms:
+            self.stale += 1
+            self._warn(f"sweep at t={group.stamp_ns * 1e-9:.3f} s is {age_ms:.0f} ms old (max_age_ms "
+                       f"{self.max_age_ms:.0f}); dropped as stale")
+            return
         result = self.pipeline.process(group, released_ns)
         if result is not None and not self.worker.stopping:
             self._publish(result)
@@ -257,13 +271,15 @@ class SegmentNode(Node):
             return SetParametersResult(successful=False, reason=str(error))
         simple = {"publish_colored": "publish_colored", "publish_overlay": "publish_overlay",
                   "overlay_camera": "overlay_camera", "processing_budget_ms": "budget_ms",
-                  "input_timeout_s": "input_timeout_s", "vocabulary": "vocabulary_file",
+                  "input_timeout_s": "input_timeout_s", "max_age_ms": "max_age_ms", "vocabulary": "vocabulary_file",
                   "class_names": "class_names", "class_prompts": "class_prompts"}
         refused = self.objects_out.update(updates, vocabulary or self.vocabulary)
         if refused:
             return SetParametersResult(successful=False, reason=refused)
         for name in set(updates) & set(simple):
             setattr(self, simple[name], updates[name])
+        if "publish_debug" in updates:
+            self.debug_out.enable(updates["publish_debug"])
         if "query" in updates:
             self.segmenter.set_query(updates["query"])
             self.get_logger().info(f"query now {updates['query']!r}")
@@ -306,9 +322,11 @@ class SegmentNode(Node):
         timings = dict(result.timings_ms)
         timings["encode"] = (time.perf_counter() - started) * 1e3
         timings.update(self.objects_out.publish(header, frame.points, segmentation, self.vocabulary))
-        total = (self._now() - result.arrival_ns) * 1e-6
-        self.last_latency_ms = total
+        now = self._now()
+        total = (now - frame.stamp_ns) * 1e-6  # from the sweep's header stamp to publishing
+        self.last_latency_ms, self.last_arrival_latency_ms = total, (now - result.arrival_ns) * 1e-6
         self.info_pub.publish(self._info(header, segmentation, timings, total))
+        self.debug_out.publish(timings, total)
 
     def _info(self, header, segmentation, timings: dict, total_ms: float) -> SegmentationInfo:
         counts = segmentation.counts(len(self.vocabulary))
@@ -328,20 +346,21 @@ class SegmentNode(Node):
         problems = []  # (level, what): the status takes the worst level and names every problem
         if silent > self.input_timeout_s:
             problems.append((DiagnosticStatus.ERROR, f"no cloud for {silent:.1f} s"))
-        elif self.last_latency_ms > 2 * self.budget_ms:
-            problems.append((DiagnosticStatus.ERROR, f"latency {self.last_latency_ms:.0f} ms > 2 x budget"))
-        elif self.last_latency_ms > self.budget_ms:
-            problems.append((DiagnosticStatus.WARN, f"latency {self.last_latency_ms:.0f} ms > budget"))
+        elif self.last_arrival_latency_ms > 2 * self.budget_ms:
+            problems.append((DiagnosticStatus.ERROR, f"latency {self.last_arrival_latency_ms:.0f} ms > 2 x budget"))
+        elif self.last_arrival_latency_ms > self.budget_ms:
+            problems.append((DiagnosticStatus.WARN, f"latency {self.last_arrival_latency_ms:.0f} ms > budget"))
         for name, last in self.last_image.items():
             if now - last > self.input_timeout_s:
                 problems.append((DiagnosticStatus.WARN, f"no image from {name} for {now - last:.1f} s"))
         level = max((p[0] for p in problems), default=DiagnosticStatus.OK)
         message = "; ".join(p[1] for p in problems) or "ok"
         busy = self.worker.busy_since
-        values = {"mode": self.mode, "latency_ms": f"{self.last_latency_ms:.1f}", "budget_ms": f"{self.budget_ms:.1f}",
+        values = {"mode": self.mode, "latency_ms": f"{self.last_latency_ms:.1f}",
+                  "arrival_latency_ms": f"{self.last_arrival_latency_ms:.1f}", "budget_ms": f"{self.budget_ms:.1f}",
                   "clouds": stats.clouds, "processed": stats.processed, "skipped_clouds": stats.skipped_clouds,
                   "skipped_images": stats.skipped_images, "rejected_camera_infos": stats.rejected_infos,
-                  "dropped_clouds": self.worker.dropped, "failed_clouds": stats.failed,
+                  "dropped_clouds": self.worker.dropped, "stale_clouds": self.stale, "failed_clouds": stats.failed,
                   "segmenting_for_s": f"{0.0 if busy is None else now - busy:.2f}",
                   "seconds_since_cloud": f"{silent:.2f}", "objects_ms": f"{self.objects_out.last_ms:.1f}"}
         status = DiagnosticStatus(level=level, name="clip2scene_segmenter: processing", message=message,

@@ -22,6 +22,7 @@ def generate_launch_description():
         DeclareLaunchArgument("output_dir", default_value="", description="new recording folder (empty: params file)"),
         DeclareLaunchArgument("calibration_file", default_value="",
                               description="LiDAR/camera static transforms (empty: params file)"),
-        DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (bag playback)"),
+        DeclareLaunchArgument("use_sim_time", default_value="",
+                              description="true: use /clock (bag playback); empty: params file"),
         node_from_params("record_node", "clip2scene_recorder", ("output_dir", "calibration_file", "use_sim_time")),
     ])

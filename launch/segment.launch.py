@@ -32,7 +32,8 @@ def generate_launch_description():
                               description="LiDAR/camera static transforms (empty: params file)"),
         DeclareLaunchArgument("vocabulary", default_value="",
                               description="vocabulary YAML or shipped name (empty: params file)"),
-        DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (bag playback)"),
+        DeclareLaunchArgument("use_sim_time", default_value="",
+                              description="true: use /clock (bag playback); empty: params file"),
         DeclareLaunchArgument("rviz", default_value="false", description="start RViz with the shipped view"),
     ]
     rviz = Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",

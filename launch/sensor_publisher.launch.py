@@ -19,6 +19,7 @@ def generate_launch_description():
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
         DeclareLaunchArgument("source", default_value="", description="clip2scene data source string to play "
                               "(empty: params file)"),
-        DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock"),
+        DeclareLaunchArgument("use_sim_time", default_value="",
+                              description="true: use /clock (bag playback); empty: params file"),
         node_from_params("sensor_publisher_node", "clip2scene_sensor_publisher", ("source", "use_sim_time")),
     ])

@@ -15,15 +15,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @contextmanager
 def node_process(module: str, params_file: str | None = None, parameters: dict | None = None, log_path: Path = None,
-                 file_size_limit: int | None = None, env: dict | None = None):
+                 file_size_limit: int | None = None, env: dict | None = None, extra_args: list[str] | None = None):
     """Start `python -m module --ros-args ...` in its own process; stop it (SIGINT, then SIGKILL) on exit.
     file_size_limit: RLIMIT_FSIZE in bytes for the process (a full disk without filling one);
-    env: variables set for the process on top of this one's."""
+    env: variables set for the process on top of this one's; extra_args: more --ros-args (e.g. -r __ns:=/a)."""
     command = [sys.executable, "-m", module, "--ros-args"]
     if params_file:
         command += ["--params-file", str(ROOT / params_file)]
     for name, value in (parameters or {}).items():
         command += ["-p", f"{name}:={value}"]
+    command += extra_args or []
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
     def limit():
         import resource

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.ros
 @pytest.mark.parametrize("module, params_file, node_name", NODES)
 def test_params_file_ships_every_default(module, params_file, node_name):
     parameters = importlib.import_module(module).PARAMETERS
-    shipped = yaml.safe_load((ROOT / params_file).read_text())[node_name]["ros__parameters"]
+    shipped = yaml.safe_load((ROOT / params_file).read_text())["/**"]["ros__parameters"]
     assert set(shipped) == {p.name for p in parameters}
     for param in parameters:
         assert shipped[param.name] == param.default, param.name
@@ -35,7 +35,7 @@ def test_parameters_declare_with_the_shipped_values(ros_node, module, params_fil
 
     from clip2scene_ros.params import declare_all
 
-    shipped = yaml.safe_load((ROOT / params_file).read_text())[node_name]["ros__parameters"]
+    shipped = yaml.safe_load((ROOT / params_file).read_text())["/**"]["ros__parameters"]
     overrides = [Parameter(name, Parameter.Type.STRING_ARRAY, value) if isinstance(value, list) and value == []
                  else Parameter(name, value=value) for name, value in shipped.items()]
     node = rclpy.create_node(f"declare_{node_name}", parameter_overrides=overrides)
@@ -66,6 +66,56 @@ def test_empty_launch_arguments_keep_the_params_file_values():
         == {"checkpoint": "/ckpt/last.pt", "use_sim_time": False}
     assert launch_overrides({"use_sim_time": "True", "output_dir": "runs/a"}) == {"use_sim_time": True,
                                                                                "output_dir": "runs/a"}
+
+
+def test_use_sim_time_comes_from_the_launch_file_only_when_given():
+    from clip2scene_ros.launching import launch_overrides
+
+    assert launch_overrides({"use_sim_time": ""}) == {}  # the params file's use_sim_time stands
+    assert launch_overrides({"use_sim_time": "  "}) == {}
+    assert launch_overrides({"use_sim_time": "no", "source": ""}) == {"use_sim_time": False}
+    assert launch_overrides({"use_sim_time": "1"}) == {"use_sim_time": True}
+    with pytest.raises(ValueError, match="use_sim_time"):
+        launch_overrides({"use_sim_time": "ture"})
+
+
+@pytest.mark.parametrize("launch_file", sorted((ROOT / "launch").glob("*.launch.py")), ids=lambda p: p.name)
+def test_launch_files_default_use_sim_time_to_the_params_file(launch_file):
+    text = launch_file.read_text()
+    declared = text[text.index('DeclareLaunchArgument("use_sim_time"'):]
+    assert declared[:declared.index(")")].count('default_value=""') == 1, launch_file.name
+
+
+@pytest.mark.parametrize("params_file", [node[1] for node in NODES])
+def test_params_files_apply_to_any_node_name_and_namespace(params_file):
+    assert list(yaml.safe_load((ROOT / params_file).read_text())) == ["/**"]
+
+
+@pytest.mark.slow
+def test_params_file_applies_in_a_namespace_across_processes(ros_node, tmp_path):
+    from rcl_interfaces.msg import ParameterType
+    from rclpy.parameter_client import AsyncParameterClient
+
+    from ros_helpers import node_process, spin_until
+
+    # The shipped file (keyed /**) with two values other than the defaults; -p sets qos_depth on top.
+    text = (ROOT / "config/record_node.yaml").read_text()
+    params_file = tmp_path / "record_node.yaml"
+    params_file.write_text(text.replace('storage: "mcap"', 'storage: "sqlite3"')
+                           .replace("split_duration_s: 60.0", "split_duration_s: 12.5"))
+    with node_process("clip2scene_ros.record_node", str(params_file),
+                      {"output_dir": str(tmp_path / "run"), "qos_depth": 7}, tmp_path / "recorder.log",
+                      extra_args=["-r", "__ns:=/vehicle"]) as recorder:
+        client = AsyncParameterClient(ros_node, "/vehicle/clip2scene_recorder")
+        spin_until(ros_node, client.services_are_ready, 60, "the namespaced recorder's parameter services",
+                   [recorder])
+        future = client.get_parameters(["storage", "split_duration_s", "qos_depth", "output_dir"])
+        spin_until(ros_node, future.done, 30, "the parameter values", [recorder])
+        values = future.result().values
+        assert [v.type for v in values] == [ParameterType.PARAMETER_STRING, ParameterType.PARAMETER_DOUBLE,
+                                            ParameterType.PARAMETER_INTEGER, ParameterType.PARAMETER_STRING]
+        assert values[0].string_value == "sqlite3" and values[1].double_value == 12.5
+        assert values[2].integer_value == 7 and values[3].string_value == str(tmp_path / "run")
 
 
 @pytest.mark.parametrize("launch_file", sorted((ROOT / "launch").glob("*.launch.py")), ids=lambda p: p.name)

@@ -157,3 +157,71 @@ def test_malformed_messages_are_skipped_and_the_node_stays_up(ros_node, checkpoi
         assert segmenter.poll() is None
     log = (tmp_path / "segmenter.log").read_text()
     assert "no z field" in log or "no x/y/z" in log or "no z" in log
+
+
+def test_stale_sweeps_are_dropped_latency_is_from_the_stamp_and_debug_topics_on_request(ros_node, checkpoint,
+                                                                                         calibration, tmp_path):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+    from sensor_msgs.msg import PointCloud2
+    from std_msgs.msg import Float64
+
+    from clip2scene_ros import conversions
+    from clip2scene_ros.msg import SegmentationInfo
+
+    latency_topic = "/clip2scene_segmenter/debug/pipeline_latency_ms"
+    decode_topic = "/clip2scene_segmenter/debug/processing_time_ms/decode"
+    infos, diagnostics, latencies, decodes = [], [], [], []
+    ros_node.create_subscription(SegmentationInfo, "segmentation/info", infos.append, 20)
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 20)
+    ros_node.create_subscription(Float64, latency_topic, latencies.append, 20)
+    ros_node.create_subscription(Float64, decode_topic, decodes.append, 20)
+    publisher = ros_node.create_publisher(PointCloud2, "/lidar/points", 10)
+    frame = open_source(SOURCE)[0]
+
+    def cloud(age_s: float):
+        stamp = ros_node.get_clock().now().nanoseconds - int(age_s * 1e9)
+        return conversions.cloud_msg(conv.encode_cloud(frame.points, frame.fields), conversions.header(stamp, "lidar"))
+
+    def value(key: str) -> int:
+        return max((int(kv.value) for d in diagnostics for s in d.status for kv in s.values if kv.key == key),
+                   default=0)
+
+    def segment_fresh(received: list, what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not received and time.monotonic() < deadline:
+            publisher.publish(cloud(0.0))
+            spin_for(ros_node, 1.0, lambda: bool(received))
+        assert received, what
+
+    with node_process("clip2scene_ros.segment_node", "config/segment_node.yaml",
+                      node_parameters(checkpoint, calibration, camera_topics="[]", qos_durability="volatile",
+                                      max_age_ms=10000.0), tmp_path / "segmenter.log") as segmenter:
+        spin_until(ros_node, lambda: publisher.get_subscription_count() > 0
+                   and ros_node.count_publishers("segmentation/info") > 0, 60, "the segmenter", [segmenter])
+        assert ros_node.count_publishers(latency_topic) == 0  # publish_debug is off: no debug topics at all
+        publisher.publish(cloud(60.0))  # older than max_age_ms: dropped and counted, not segmented
+        spin_until(ros_node, lambda: value("stale_clouds") >= 1, 30, "the stale cloud counted", [segmenter])
+        assert not infos
+        segment_fresh(infos, "no segmentation of a fresh cloud")
+        info = infos[-1]
+        # From the header stamp to publishing: at least the stages (which start at the message's arrival).
+        assert sum(info.stage_latencies_ms) <= info.total_latency_ms < 60_000, (info.stage_names,
+                                                                               info.stage_latencies_ms)
+        assert not latencies and not decodes and ros_node.count_publishers(decode_topic) == 0
+
+        client = AsyncParameterClient(ros_node, "clip2scene_segmenter")
+        spin_until(ros_node, client.services_are_ready, 30, "the parameter services", [segmenter])
+        future = client.set_parameters([Parameter("publish_debug", value=True), Parameter("max_age_ms", value=0.0)])
+        spin_until(ros_node, future.done, 30, "publish_debug set", [segmenter])
+        assert all(result.successful for result in future.result().results)
+        spin_until(ros_node, lambda: ros_node.count_publishers(latency_topic) > 0, 30, "the latency topic",
+                   [segmenter])
+        segment_fresh(decodes, "no debug decode time")  # the stage topics come with the first sweep after
+        spin_until(ros_node, lambda: bool(latencies), 30, "the debug pipeline latency", [segmenter])
+        assert 0.0 < latencies[-1].data < 60_000 and decodes[-1].data >= 0.0
+        publisher.publish(cloud(60.0))  # max_age_ms 0 (run time): old sweeps are segmented again
+        spin_until(ros_node, lambda: any(i.total_latency_ms > 59_000 for i in infos), 60, "the old cloud segmented",
+                   [segmenter])
+        assert value("stale_clouds") == 1 and segmenter.poll() is None
