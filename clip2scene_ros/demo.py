@@ -164,7 +164,8 @@ def run(out: Path, frames: int, epochs: int, teacher: str, clip_weights: str | N
                       out / "logs" / "publisher_live.log")
     # The node segments only the newest sweep: those that arrive while it is busy are dropped and counted.
     spin_until(node, lambda: sum(int(segmenter_counts.get(k, 0)) for k in ("processed", "dropped_clouds",
-                                                                            "failed_clouds", "skipped_clouds"))
+                                                                            "stale_clouds", "failed_clouds",
+                                                                            "skipped_clouds"))
                >= 8 and len(infos) >= int(segmenter_counts["processed"]), 300, [segmenter, publisher],
                "every one of the 8 held-out sweeps segmented or dropped live")
     stop(publisher)

@@ -155,6 +155,7 @@ class SegmentNode(Node):
                                      offsets_by_camera, v.sync_timeout_ms if v.sync_timeout_ms > 0 else None,
                                      v.label_field, defer=True)
         self.next_vocabulary: Vocabulary | None = None  # validated by on_parameters, applied by the worker
+        self.next_query: str | None = None  # the same: its text embedding is computed on the worker thread
         self.worker = LatestWorker(self._segment, "clip2scene segmentation")
 
         qos = qos_profile(v, "qos_", v.qos_depth)
@@ -233,6 +234,10 @@ class SegmentNode(Node):
             self.vocabulary = vocabulary
             self.objects_out.publish_label_info(vocabulary, conversions.header(self._now(), ""))
             self.get_logger().info(f"vocabulary now {vocabulary.name}: {', '.join(vocabulary.names)}")
+        if self.next_query is not None:
+            query, self.next_query = self.next_query, None
+            self.segmenter.set_query(query)
+            self.get_logger().info(f"query now {query!r}")
         group, released_ns = job
         age_ms = (self._now() - group.stamp_ns) * 1e-6
         if self.max_age_ms > 0 and age_ms > self.max_age_ms:
@@ -281,8 +286,7 @@ class SegmentNode(Node):
         if "publish_debug" in updates:
             self.debug_out.enable(updates["publish_debug"])
         if "query" in updates:
-            self.segmenter.set_query(updates["query"])
-            self.get_logger().info(f"query now {updates['query']!r}")
+            self.next_query = updates["query"]  # the worker switches before its next sweep
         if vocabulary is not None:
             self.next_vocabulary = vocabulary  # the worker switches before its next sweep
         return SetParametersResult(successful=True)
