@@ -1,5 +1,6 @@
 """Student benchmarks: inference latency against point count (with the fitted scaling exponent), and
-training throughput and peak memory per preset. CPU always; CUDA (fp32 and fp16) when present.
+training throughput and peak memory per preset. CPU always; CUDA (fp32 and fp16) when present. First,
+the segmenter's old full inference path against the fast one (per voxel, folded head) on the CPU.
 
 Scans are synthetic-world sweeps tiled to the wanted point count (real LiDAR-like density).
     python benchmarks/student.py [--quick]
@@ -67,8 +68,8 @@ def fast_path_rows(counts: list[int], preset: str, repeats: int, peak_gflops: fl
     classify) and the fast one (per voxel, folded head), interleaved. Against peak_gflops (this run's fp32
     matmul rate): peak_gflop = the work a peak-rate matmul does in the row's median time; head_gflop = the
     row's head and classification matmul work; head_peak_fraction = head_gflop / peak_gflop."""
-    from clip2scene_core.student.checkpoint import StudentModel
     from clip2scene_core.frame import Frame
+    from clip2scene_core.student.checkpoint import StudentModel
     from clip2scene_core.teacher.text import HashTextEncoder
 
     base = open_source("synthetic:frames=1,seed=0,cameras=1,width=64,height=48")[0].points
