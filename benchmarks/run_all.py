@@ -41,6 +41,9 @@ def summary() -> list[tuple[str, str, str]]:
                      if row["device"] == "cuda" and row["points"] in (35_000, 120_000) else ""))
     for key, exponent in inference.get("scaling_exponent", {}).items():
         rows.append((f"student scaling exponent {key}", f"{exponent:.2f}", "CPU: <= 1.1"))
+    for row in load("student_fast_path").get("rows", []):
+        rows.append((f"student inference, {row['path']} path, {row['preset']} {row['points'] // 1000}k points",
+                     f"{row['median_ms']:.0f} ms median ({row['min_ms']:.0f} min), {row['ratio_to_old']:.2f} x old", ""))
     for row in load("training").get("rows", []):
         rows.append((f"training {row['preset']} {row['device']}", f"{row['scans_per_s']:.2f} scans/s, "
                      f"{row['peak_memory_mb']:.0f} MB peak", ""))

@@ -1,5 +1,6 @@
 """Student benchmarks: inference latency against point count (with the fitted scaling exponent), and
-training throughput and peak memory per preset. CPU always; CUDA (fp32 and fp16) when present.
+training throughput and peak memory per preset. CPU always; CUDA (fp32 and fp16) when present. First,
+the segmenter's old full inference path against the fast one (per voxel, folded head) on the CPU.
 
 Scans are synthetic-world sweeps tiled to the wanted point count (real LiDAR-like density).
     python benchmarks/student.py [--quick]
@@ -54,6 +55,53 @@ def inference_rows(counts: list[int], preset: str, repeats: int) -> list[dict]:
     return rows
 
 
+def matmul_peak_gflops(size: int = 1024, repeats: int = 5) -> float:
+    """This run's fp32 matmul rate on the CPU (best of repeats of a size^3 product), GFLOP/s."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = min(timed(lambda: a @ b, repeats=1, warmup=0)["p50_ms"] for _ in range(repeats))
+    return 2 * size ** 3 / (best / 1e3) / 1e9
+
+
+def fast_path_rows(counts: list[int], preset: str, repeats: int, peak_gflops: float) -> list[dict]:
+    """The segmenter's student inference on the CPU, the old full path (per point, both heads, then
+    classify) and the fast one (per voxel, folded head), interleaved. Against peak_gflops (this run's fp32
+    matmul rate): peak_gflop = the work a peak-rate matmul does in the row's median time; head_gflop = the
+    row's head and classification matmul work; head_peak_fraction = head_gflop / peak_gflop."""
+    from clip2scene_core.frame import Frame
+    from clip2scene_core.student.checkpoint import StudentModel
+    from clip2scene_core.teacher.text import HashTextEncoder
+
+    base = open_source("synthetic:frames=1,seed=0,cameras=1,width=64,height=48")[0].points
+    torch.manual_seed(0)
+    model = StudentModel(Student(StudentConfig(preset=preset)), load_vocabulary("nuscenes"), HashTextEncoder(512))
+    rows = []
+    for count in counts:
+        frame = Frame(points=scan_of(count, base), stamp_ns=0)
+        paths = {"old": lambda: model.classify(model.features(frame)), "fast": lambda: model.infer(frame)}
+        samples = {name: [] for name in paths}
+        for function in paths.values():
+            function()  # warm-up
+        for _ in range(repeats):
+            for name, function in paths.items():
+                samples[name].append(timed(function, repeats=1, warmup=0)["p50_ms"])
+        labels_equal = bool(np.array_equal(paths["old"]()[0], paths["fast"]()[0]))
+        old_median = float(np.median(samples["old"]))
+        voxels = len(model.voxel_features(frame)[0])
+        width, embed, classes = model.network.semantic_head.in_features, model.network.config.embed_dim, \
+            len(model.vocabulary.names)
+        head_gflop = {"old": 2 * count * embed * (2 * width + classes) / 1e9,
+                      "fast": 2 * voxels * (width + 1) * (width + 1 + classes) / 1e9}
+        for name in paths:
+            median, least = float(np.median(samples[name])), float(np.min(samples[name]))
+            peak_gflop = median / 1e3 * peak_gflops
+            rows.append({"path": name, "preset": preset, "points": count, "voxels": voxels, "min_ms": least,
+                         "median_ms": median, "ratio_to_old": median / old_median, "peak_gflop": peak_gflop,
+                         "head_gflop": head_gflop[name], "head_peak_fraction": head_gflop[name] / peak_gflop,
+                         "labels_equal": labels_equal})
+    return rows
+
+
 def scaling_exponent(rows: list[dict], device: str, precision: str) -> float:
     """Slope of log(latency) against log(points): 1.0 is linear."""
     chosen = [r for r in rows if r["device"] == device and r["precision"] == precision]
@@ -88,7 +136,17 @@ def training_row(preset: str, steps: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, small preset only")
+    parser.add_argument("--fast-path-only", action="store_true", dest="fast_path_only",
+                        help="only the old-against-fast inference rows (student_fast_path.json)")
     args = parser.parse_args()
+    peak = matmul_peak_gflops(1024)
+    fast_counts = [5_000, 35_000] if args.quick or args.fast_path_only else [5_000, 35_000, 120_000]
+    write("student_fast_path", fast_path_rows(fast_counts, "small", 3 if args.quick or args.fast_path_only else 7,
+                                              peak),
+          {"matmul_peak_gflops": peak, "matmul": "fp32 1024^3, best of 5, CPU",
+           "note": "old: features() + classify() (per point, both heads); fast: infer() (per voxel, folded head)"})
+    if args.fast_path_only:
+        return
     counts = [5_000, 35_000, 120_000, 250_000]
     # Each preset (and each training run) in a fresh process: its peak memory is its own.
     inference = in_fresh_process(inference_rows, counts, "small", 2 if args.quick else 5)

@@ -320,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--teacher", help="maskclip, labels[:NAME] or noisy:RATE (default: the config's)")
         command.add_argument("--config", help="YAML config; command-line options override it")
         command.add_argument("--device", help="auto, cpu or cuda")
+        command.add_argument("--threads", type=int, default=0, metavar="N",
+                             help="CPU threads for torch (default 0: the cores free, i.e. usable cores less the "
+                                  "1-minute load average, at least 1)")
 
     segment = commands.add_parser("segment", help="label every point of a source; writes labels and pictures")
     model_options(segment)
@@ -393,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        if hasattr(args, "threads"):
+            from .threads import apply_threads
+
+            print(f"clip2scene {args.command}: {apply_threads(args.threads)[1]}", file=sys.stderr)
         return args.run(args)
     except KeyboardInterrupt:
         if args.verbose:

@@ -109,10 +109,9 @@ class Segmenter:
         similarity = np.full(n, np.nan, np.float32) if query is not None else None
         if self.mode in ("student", "fusion") and n:
             with self._timed(timings, "student"):
-                features = self.student.features(frame)
-                labels, scores = self.student.classify(features)
+                labels, scores, student_similarity = self.student.infer(frame, query)
                 if query is not None:
-                    similarity = _cosine(features, query)
+                    similarity = student_similarity
         if self.mode in ("teacher", "fusion") and frame.cameras and n:
             with self._timed(timings, "teacher"):
                 output = self.teacher.predict(frame.cameras)

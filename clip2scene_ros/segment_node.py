@@ -39,6 +39,7 @@ from clip2scene_core.geometry import project
 from clip2scene_core.live import LivePipeline, LiveResult
 from clip2scene_core.render import draw_points, palette_colors
 from clip2scene_core.segmenter import MODES, Segmenter, resolve_device
+from clip2scene_core.threads import apply_threads
 from clip2scene_core.teacher import label_images_name
 from clip2scene_core.vocabulary import IGNORE, Vocabulary, VocabularyError, load_vocabulary
 
@@ -78,6 +79,8 @@ PARAMETERS = [
     Param("teacher", "maskclip", "teacher of teacher/fusion modes: maskclip, labels[:NAME], noisy:RATE",
           read_only=True),
     Param("device", "auto", "auto, cuda or cpu", read_only=True),
+    Param("threads", 0, "CPU threads for torch; 0: the cores free (usable cores less the 1-minute load average, at "
+          "least 1)", 0, 1024, read_only=True),
     Param("lidar_topic", "/lidar/points", "PointCloud2 input", read_only=True),
     Param("camera_topics", [], "Image or CompressedImage topics (.../compressed), camera_info beside each",
           read_only=True),
@@ -123,6 +126,7 @@ class SegmentNode(Node):
 
         config = load_config(config_file or None)
         self.device = resolve_device(v.device)
+        self.get_logger().info(apply_threads(v.threads)[1])
         self.vocabulary = vocabulary_from(self.vocabulary_file, self.class_names, self.class_prompts)
         student = teacher = None
         if self.mode not in MODES:

@@ -182,6 +182,62 @@ class StudentModel:
         self.network.set_text_embeddings(self.text_encoder.embed(vocabulary).to(self.device))
         fits = self.trained_classifier is not None and self.trained_classifier.classes == vocabulary.names
         self.classifier = self.trained_classifier if fits else None
+        self._fold, self._fold_key = None, None
+
+    def _folded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The semantic head folded into the vocabulary, for voxel features f and x = [f, 1]:
+        head output h = x @ A^T with A = [W | b] (D, d4 + 1); logits before normalisation x @ (A^T T^T);
+        |h| = |x @ R^T| with A = QR (Q's columns orthonormal), so no (D,)-wide vector per voxel is built.
+        Returns (logit matrix (d4 + 1, C), R^T (d4 + 1, k), classifier bias or None); recomputed when the
+        vocabulary changes or any weight it depends on is written (tensor versions)."""
+        head = self.network.semantic_head
+        classes = self.network.text_embeddings if self.classifier is None else self.classifier.weight
+        tensors = [head.weight, head.bias, classes] + ([self.classifier.bias] if self.classifier is not None else [])
+        key = tuple((id(t), t._version) for t in tensors)
+        if self._fold_key != key:
+            with torch.no_grad():
+                augmented = torch.cat([head.weight, head.bias[:, None]], dim=1).double()  # (D, d4 + 1)
+                logits = augmented.T @ classes.double().T  # (d4 + 1, C)
+                r = torch.linalg.qr(augmented, mode="reduced").R
+                bias = None if self.classifier is None else self.classifier.bias.detach().float()
+            self._fold = (logits.float(), r.T.float(), bias)
+            self._fold_key = key
+        return self._fold
+
+    @torch.no_grad()
+    def voxel_features(self, frame: Frame) -> tuple[torch.Tensor, torch.Tensor]:
+        """((V, d4 + 1) decoder features of the frame's voxels with a column of ones, (N,) voxel of each point)."""
+        batch = make_batch([(frame.points, frame.fields.get("intensity"))], self.network.config.voxel_size_m)
+        batch = batch.to(self.device)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.half and self.device.type == "cuda"):
+            features = self.network.voxel_features(batch).float()
+        return torch.cat([features, features.new_ones(len(features), 1)], dim=1), batch.point_to_voxel
+
+    @torch.no_grad()
+    def infer(self, frame: Frame, query: torch.Tensor | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(labels (N,), scores (N,), cosine with the unit vector query (N,) or None): what classify(features())
+        gives (and the segmenter's cosine), computed per voxel (every point of a voxel has the voxel's feature)
+        through the folded head, without the local head."""
+        if len(frame) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32), None if query is None else np.zeros(0, np.float32)
+        x, voxel_of_point = self.voxel_features(frame)
+        logits, r_t, bias = self._folded()
+        norm = (x @ r_t).norm(dim=1, keepdim=True).clamp_min(1e-12)  # as F.normalize
+        cosines = (x @ logits) / norm
+        if bias is None:
+            probabilities = torch.softmax(self.logit_scale * cosines, dim=1)
+        else:
+            probabilities = torch.softmax(self.classifier.scale * (cosines + bias), dim=1)
+        scores, labels = probabilities.max(dim=1)
+        labels, scores = labels[voxel_of_point], scores[voxel_of_point]
+        similarity = None
+        if query is not None:
+            head = self.network.semantic_head
+            query = query.to(x.device).float()
+            direction = torch.cat([head.weight.T @ query, (head.bias @ query)[None]])
+            similarity = ((x @ direction) / norm[:, 0])[voxel_of_point].cpu().numpy().astype(np.float32)
+        return labels.cpu().numpy().astype(np.int64), scores.float().cpu().numpy(), similarity
 
     @torch.no_grad()
     def features(self, frame: Frame) -> torch.Tensor:
@@ -194,9 +250,8 @@ class StudentModel:
     @torch.no_grad()
     def predict(self, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
         """(labels (N,) int64, scores (N,) float32): argmax over the vocabulary's text embeddings."""
-        if len(frame) == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        return self.classify(self.features(frame))
+        labels, scores, _ = self.infer(frame)
+        return labels, scores
 
     @torch.no_grad()
     def classify(self, features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
