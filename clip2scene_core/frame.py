@@ -18,7 +18,10 @@ import numpy as np
 
 from .errors import UserError
 
-DISTORTION_MODELS = ("none", "plumb_bob")
+# sensor_msgs/CameraInfo distortion models (ROS names, OpenCV's equations) and how many coefficients each has:
+# plumb_bob k1 k2 p1 p2 k3; rational_polynomial k1 k2 p1 p2 k3 k4 k5 k6; equidistant (fisheye) k1 k2 k3 k4.
+COEFFICIENTS = {"none": 5, "plumb_bob": 5, "rational_polynomial": 8, "equidistant": 4}
+DISTORTION_MODELS = tuple(COEFFICIENTS)
 
 
 class FrameError(UserError, ValueError):
@@ -41,8 +44,9 @@ class Camera:
     image: (H, W, 3) uint8 RGB.
     intrinsics: (3, 3) pinhole matrix K, pixels.
     lidar_to_camera: (4, 4) LiDAR frame -> camera optical frame (see module docstring).
-    distortion_model: "none" or "plumb_bob" (OpenCV/ROS radial-tangential: k1 k2 p1 p2 k3).
-    distortion: (5,) coefficients for plumb_bob; zeros otherwise.
+    distortion_model: one of DISTORTION_MODELS: "none", "plumb_bob" (radial-tangential k1 k2 p1 p2 k3),
+        "rational_polynomial" (k1 k2 p1 p2 k3 k4 k5 k6) or "equidistant" (fisheye k1 k2 k3 k4).
+    distortion: the model's coefficients (COEFFICIENTS[model] of them); 5 zeros for "none".
     stamp_ns: capture time, ns.
     label_image: optional (H, W) int64 raw label ids per pixel (synthetic world, 2D segmenters).
     depth: optional (H, W) float32 metres along the optical axis (RGB-D); 0 where unknown.
@@ -74,9 +78,14 @@ class Camera:
         self.lidar_to_camera = _matrix(self.lidar_to_camera, (4, 4), f"{what} lidar_to_camera")
         if self.distortion_model not in DISTORTION_MODELS:
             raise FrameError(f"{what}: distortion model {self.distortion_model!r} is not one of {DISTORTION_MODELS}")
-        coefficients = np.zeros(5)
-        given = np.asarray(self.distortion, dtype=np.float64).ravel()[:5]
-        coefficients[: given.size] = given
+        count = COEFFICIENTS[self.distortion_model]
+        given = np.asarray(self.distortion, dtype=np.float64).ravel()
+        if np.any(given[count:]):
+            raise FrameError(f"{what}: {given.size} distortion coefficients, but {self.distortion_model} has {count}")
+        coefficients = np.zeros(count)
+        coefficients[: min(count, given.size)] = given[:count]
+        if not np.all(np.isfinite(coefficients)):
+            raise FrameError(f"{what}: distortion holds NaN or inf")
         self.distortion = coefficients
         for name in ("label_image", "depth"):
             extra = getattr(self, name)

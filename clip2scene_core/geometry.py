@@ -58,22 +58,63 @@ def _monotonic_radius_sq(k1: float, k2: float, k3: float) -> float:
     return min(positive) if positive else np.inf
 
 
+def _monotonic_limit(radius: np.ndarray, mapped: np.ndarray) -> float:
+    """The radius up to which mapped (sampled at the increasing radius) still grows; inf if it grows throughout."""
+    falls = np.flatnonzero((np.diff(mapped) <= 0) | ~np.isfinite(mapped[1:]))
+    return float(radius[falls[0]]) if falls.size else np.inf
+
+
+def _rational_radial(r2, k1, k2, k3, k4, k5, k6):
+    return (1 + r2 * (k1 + r2 * (k2 + r2 * k3))) / (1 + r2 * (k4 + r2 * (k5 + r2 * k6)))
+
+
+def _fisheye_theta(theta, k1, k2, k3, k4):
+    t2 = theta * theta
+    return theta * (1 + t2 * (k1 + t2 * (k2 + t2 * (k3 + t2 * k4))))
+
+
+def distort(x: np.ndarray, y: np.ndarray, model: str, coefficients: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalised image coordinates through a CameraInfo distortion model (OpenCV's equations):
+    (x', y', valid). Beyond the radius where the model's map stops growing it folds back and would put points
+    from outside the field of view inside the image, so those are not valid."""
+    r2 = x * x + y * y
+    if model == "none" or not np.any(coefficients):
+        return x, y, np.ones(len(x), bool)
+    if model == "equidistant":  # angle from the axis theta -> theta_d; the point moves along its ray
+        k1, k2, k3, k4 = coefficients
+        theta = np.arctan(np.sqrt(r2))
+        grid = np.linspace(0.0, np.pi / 2, 2049)
+        valid = theta < _monotonic_limit(grid, _fisheye_theta(grid, k1, k2, k3, k4))
+        r = np.sqrt(r2)
+        scale = np.where(r > 1e-12, _fisheye_theta(theta, k1, k2, k3, k4) / np.maximum(r, 1e-12), 1.0)
+        return x * scale, y * scale, valid
+    if model == "plumb_bob":
+        k1, k2, p1, p2, k3 = coefficients
+        valid = r2 < _monotonic_radius_sq(k1, k2, k3)
+        radial = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
+    elif model == "rational_polynomial":
+        k1, k2, p1, p2, k3, k4, k5, k6 = coefficients
+        grid = np.linspace(0.0, 10.0, 4097)  # r up to 10: 84 degrees off the axis
+        limit = _monotonic_limit(grid, grid * _rational_radial(grid * grid, k1, k2, k3, k4, k5, k6))
+        valid = r2 < limit * limit
+        radial = _rational_radial(r2, k1, k2, k3, k4, k5, k6)
+    else:
+        raise ValueError(f"distortion model {model!r} is not one of none, plumb_bob, rational_polynomial, equidistant")
+    return (x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x),
+            y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y, valid)
+
+
 def project(points: np.ndarray, camera: Camera, min_depth_m: float = 0.1,
             depth_tolerance_m: float = 0.1) -> Projection:
-    """Project (N, 3) LiDAR-frame points into one camera (pinhole, optional plumb_bob distortion)."""
+    """Project (N, 3) LiDAR-frame points into one camera (pinhole and its distortion model)."""
     cam = transform_points(camera.lidar_to_camera, np.asarray(points, dtype=np.float64))
     depth = cam[:, 2]
     in_front = depth > min_depth_m
     safe_depth = np.where(in_front, depth, 1.0)
-    x = cam[:, 0] / safe_depth
-    y = cam[:, 1] / safe_depth
-    if camera.distortion_model == "plumb_bob" and np.any(camera.distortion):
-        k1, k2, p1, p2, k3 = camera.distortion
-        r2 = x * x + y * y
-        in_front &= r2 < _monotonic_radius_sq(k1, k2, k3)
-        radial = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
-        x, y = (x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x),
-                y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y)
+    x, y, undistorted = distort(cam[:, 0] / safe_depth, cam[:, 1] / safe_depth, camera.distortion_model,
+                                camera.distortion)
+    in_front &= undistorted
     K = camera.intrinsics
     u = K[0, 0] * x + K[0, 1] * y + K[0, 2]
     v = K[1, 1] * y + K[1, 2]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,9 +59,11 @@ class LivePipeline:
 
     def __init__(self, segmenter: Segmenter | None, camera_names: list[str], calibration: TransformTree | None,
                  slop_ms: float = 50.0, offsets_ms: dict[str, float] | None = None, timeout_ms: float | None = 100.0,
-                 label_field: str | None = "label", label_wait_ms: float = 100.0, defer: bool = False):
+                 label_field: str | None = "label", label_wait_ms: float = 100.0, defer: bool = False,
+                 rectified: Iterable[str] = ()):
         self.segmenter, self.defer = segmenter, defer
         self.camera_names = list(camera_names)
+        self.rectified = set(rectified)  # cameras whose images are rectified: P, no distortion
         self.calibration = calibration
         self.label_field = label_field
         self.sync = Synchronizer(self.camera_names, int(slop_ms * 1e6),
@@ -78,7 +81,7 @@ class LivePipeline:
 
     def add_camera_info(self, name: str, msg) -> None:
         try:
-            self.intrinsics[name] = conv.decode_camera_info(msg, f"camera_info of {name}")
+            self.intrinsics[name] = conv.decode_camera_info(msg, f"camera_info of {name}", name in self.rectified)
         except conv.MessageError as error:
             self.stats.rejected_infos += 1
             self._error(str(error))
@@ -167,6 +170,9 @@ class LivePipeline:
                 raise conv.MessageError(f"image of {name} is {image.shape[1]}x{image.shape[0]} but its camera_info "
                                         f"says {intrinsics.width}x{intrinsics.height}")
             lidar_to_camera = self.calibration.lookup(msg.header.frame_id, lidar_frame)
+            if np.any(intrinsics.offset):  # a rectified stereo camera's baseline, from its P
+                lidar_to_camera = lidar_to_camera.copy()
+                lidar_to_camera[:3, 3] += intrinsics.offset
             label_msg = self.label_images[name].get(stamp)
             label_image = None if label_msg is None else conv.decode_label_image(label_msg, f"labels of {name}")
         except (conv.MessageError, TransformError) as error:

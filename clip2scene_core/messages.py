@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import io
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pointcloud2
 from PIL import Image
+
+from .frame import COEFFICIENTS
 
 # sensor_msgs/PointField datatypes.
 POINT_FIELD_TYPES = {1: np.int8, 2: np.uint8, 3: np.int16, 4: np.uint16, 5: np.int32, 6: np.uint32, 7: np.float32,
@@ -316,16 +318,37 @@ def encode_jpeg(image: np.ndarray, quality: int = 90) -> np.ndarray:
 
 @dataclass
 class Intrinsics:
-    """From a sensor_msgs/CameraInfo: K (3, 3), distortion model and coefficients, image size."""
+    """From a sensor_msgs/CameraInfo: K (3, 3), distortion model and coefficients, image size; offset (3,) a
+    translation in the camera frame that a rectified stereo camera's P adds (its baseline), else zeros."""
 
     K: np.ndarray
     distortion_model: str
     distortion: np.ndarray
     width: int
     height: int
+    offset: np.ndarray = field(default_factory=lambda: np.zeros(3))
 
 
-def decode_camera_info(msg, what: str = "CameraInfo") -> Intrinsics:
+def is_rectified(image_topic: str) -> bool:
+    """Whether an image topic carries rectified images, by the image_proc convention (image_rect,
+    image_rect_color, and their transports below them): those use the CameraInfo's P and no distortion."""
+    return any(part.startswith("image_rect") for part in image_topic.strip("/").split("/"))
+
+
+def decode_camera_info(msg, what: str = "CameraInfo", rectified: bool = False) -> Intrinsics:
+    """The camera model of an unrectified image (K and D; plumb_bob, rational_polynomial or equidistant) or,
+    with rectified, of a rectified one (P's left 3x3 and no distortion, as image_geometry does)."""
+    width, height = int(msg.width), int(msg.height)
+    if width <= 0 or height <= 0 or width * height > MAX_IMAGE_PIXELS:
+        raise MessageError(f"{what}: image size {width}x{height} is empty or beyond {MAX_IMAGE_PIXELS} pixels")
+    if rectified:
+        P = np.asarray(msg.p, dtype=np.float64).reshape(3, 4)
+        K = P[:, :3]
+        if not np.all(np.isfinite(P)) or K[0, 0] <= 0 or K[1, 1] <= 0 or K[2, 2] == 0:
+            raise MessageError(f"{what}: P {P.ravel().tolist()} has no valid focal length, but the image topic is "
+                               f"rectified (image_rect*); calibrate the camera or subscribe to image_raw")
+        offset = np.linalg.solve(K, P[:, 3])  # P = K [I | t]
+        return Intrinsics(K / K[2, 2], "none", np.zeros(5), width, height, offset)
     K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
     if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0 or K[2, 2] == 0:
         raise MessageError(f"{what}: K {K.ravel().tolist()} has no valid focal length; calibrate the camera "
@@ -333,24 +356,24 @@ def decode_camera_info(msg, what: str = "CameraInfo") -> Intrinsics:
     D = np.asarray(msg.d, dtype=np.float64).ravel()
     if not np.all(np.isfinite(D)):
         raise MessageError(f"{what}: distortion {D.tolist()} holds NaN or inf; recalibrate the camera")
-    width, height = int(msg.width), int(msg.height)
-    if width <= 0 or height <= 0 or width * height > MAX_IMAGE_PIXELS:
-        raise MessageError(f"{what}: image size {width}x{height} is empty or beyond {MAX_IMAGE_PIXELS} pixels")
     model = msg.distortion_model or "none"
     if not np.any(D):
-        model = "none"
-    elif model != "plumb_bob":
-        raise MessageError(f"{what}: distortion model {model!r} is not supported (plumb_bob or none); "
-                           f"publish rectified images (image_rect) with zero distortion instead")
-    return Intrinsics(K / K[2, 2], model, D[:5], width, height)
+        model, D = "none", np.zeros(5)
+    elif model not in COEFFICIENTS or model == "none":
+        raise MessageError(f"{what}: distortion model {model!r} is not supported (plumb_bob, rational_polynomial, "
+                           f"equidistant or none); publish rectified images (image_rect) instead")
+    elif np.any(D[COEFFICIENTS[model]:]):
+        raise MessageError(f"{what}: {D.size} distortion coefficients, but {model} has {COEFFICIENTS[model]}; "
+                           f"check the driver's distortion_model")
+    return Intrinsics(K / K[2, 2], model, D[:COEFFICIENTS[model]], width, height)
 
 
 def camera_info_values(K: np.ndarray, distortion_model: str, distortion: np.ndarray, width: int,
                        height: int) -> dict:
-    """The CameraInfo fields (besides header and binning/roi) for a pinhole camera."""
+    """The CameraInfo fields (besides header and binning/roi) for a pinhole camera with a distortion model."""
     P = np.zeros((3, 4))
     P[:, :3] = K
-    model = "plumb_bob" if distortion_model == "plumb_bob" else ""
+    model = "" if distortion_model == "none" else distortion_model
     return dict(height=int(height), width=int(width), distortion_model=model,
                 d=np.asarray(distortion if model else [], dtype=np.float64),
                 k=np.asarray(K, dtype=np.float64).ravel(), r=np.eye(3).ravel(), p=P.ravel())

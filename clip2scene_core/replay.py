@@ -59,7 +59,7 @@ def replay(path: str | Path, segmenter: Segmenter, realtime: bool = False, out_b
     info_topics = {f"{camera_namespace(t).rstrip('/')}/camera_info": name for t, name in names.items()}
     label_topics = {f"{camera_namespace(t).rstrip('/')}/{source.label_images}": name for t, name in names.items()}
     pipeline = LivePipeline(segmenter, list(names.values()), source.tree, slop_ms, timeout_ms=None,
-                            label_field=label_field)
+                            label_field=label_field, rectified=[n for t, n in names.items() if conv.is_rectified(t)])
     vocabulary = segmenter.vocabulary
     evaluation = Evaluation.empty(vocabulary.names) if vocabulary.covers_ids else None
     report = ReplayReport(0, None)

@@ -157,7 +157,8 @@ class SegmentNode(Node):
         offsets_by_camera = dict(zip(self.cameras.values(), offsets))
         self.pipeline = LivePipeline(self.segmenter, list(self.cameras.values()), calibration, v.sync_slop_ms,
                                      offsets_by_camera, v.sync_timeout_ms if v.sync_timeout_ms > 0 else None,
-                                     v.label_field, defer=True)
+                                     v.label_field, defer=True,
+                                     rectified=[n for t, n in self.cameras.items() if conv.is_rectified(t)])
         self.next_vocabulary: Vocabulary | None = None  # validated by on_parameters, applied by the worker
         self.next_query: str | None = None  # the same: its text embedding is computed on the worker thread
         self.worker = LatestWorker(self._segment, "clip2scene segmentation")

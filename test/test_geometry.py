@@ -59,6 +59,58 @@ def test_plumb_bob_fold_back_is_rejected():
     assert not p.valid[0]
 
 
+def test_rational_polynomial_against_hand_computed_values():
+    k1, k2, p1, p2, k3, k4, k5, k6 = -0.3, 0.08, 0.001, -0.002, 0.01, 0.2, -0.01, 0.002
+    camera = forward_camera(distortion_model="rational_polynomial", distortion=[k1, k2, p1, p2, k3, k4, k5, k6])
+    x, y = 0.3, -0.2
+    r2 = x * x + y * y
+    radial = (1 + k1 * r2 + k2 * r2 ** 2 + k3 * r2 ** 3) / (1 + k4 * r2 + k5 * r2 ** 2 + k6 * r2 ** 3)
+    xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
+    yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+    point = CAMERA_TO_LIDAR @ np.array([x * 5, y * 5, 5.0, 1.0])
+    assert np.allclose(project(point[None, :3], camera).uv[0], [100 * xd + 79.5, 100 * yd + 59.5])
+    # k4..k6 zero: the same camera as plumb_bob
+    plumb = forward_camera(distortion_model="plumb_bob", distortion=[k1, k2, p1, p2, k3])
+    rational = forward_camera(distortion_model="rational_polynomial", distortion=[k1, k2, p1, p2, k3, 0, 0, 0])
+    points = np.random.default_rng(1).uniform([2, -1, -1], [6, 1, 1], (50, 3))
+    assert np.allclose(project(points, plumb).uv, project(points, rational).uv)
+    # strong barrel distortion folds back: r (1 - 0.4 r^2) / 1 peaks at r^2 = 0.83, so 80 degrees is refused
+    folding = forward_camera(distortion_model="rational_polynomial", distortion=[-0.4, 0, 0, 0, 0, 0, 0, 0])
+    far_off_axis = CAMERA_TO_LIDAR @ np.array([np.tan(np.radians(80)), 0, 1.0, 1.0])
+    assert not project(far_off_axis[None, :3] * 5, folding).valid[0]
+
+
+def test_equidistant_fisheye_against_hand_computed_values():
+    k1, k2, k3, k4 = 0.05, -0.01, 0.002, -0.0005
+    camera = forward_camera(distortion_model="equidistant", distortion=[k1, k2, k3, k4])
+    x, y = 0.6, -0.4
+    r = np.hypot(x, y)
+    theta = np.arctan(r)
+    theta_d = theta * (1 + k1 * theta ** 2 + k2 * theta ** 4 + k3 * theta ** 6 + k4 * theta ** 8)
+    point = CAMERA_TO_LIDAR @ np.array([x * 5, y * 5, 5.0, 1.0])
+    p = project(point[None, :3], camera)
+    assert np.allclose(p.uv[0], [100 * x * theta_d / r + 79.5, 100 * y * theta_d / r + 59.5])
+    on_axis = CAMERA_TO_LIDAR @ np.array([0, 0, 5.0, 1.0])
+    assert np.allclose(project(on_axis[None, :3], camera).uv[0], [79.5, 59.5])
+    # a fisheye with no coefficients maps the angle itself: 60 degrees off axis lands at f * pi / 3
+    plain = forward_camera(distortion_model="equidistant", distortion=[1e-12, 0, 0, 0])
+    sixty = CAMERA_TO_LIDAR @ np.array([np.tan(np.radians(60)), 0, 1.0, 1.0])
+    assert np.allclose(project(sixty[None, :3], plain).uv[0, 0], 79.5 + 100 * np.pi / 3, atol=1e-3)
+    # theta_d = theta (1 - 0.5 theta^2) stops growing at theta = 0.816 rad (46.8 degrees): 60 degrees refused
+    folding = forward_camera(distortion_model="equidistant", distortion=[-0.5, 0, 0, 0])
+    assert not project(sixty[None, :3], folding).valid[0]
+    assert project(point[None, :3], folding).valid.tolist() == [True]  # 35.8 degrees: inside
+
+
+def test_distortion_coefficient_counts_are_checked():
+    assert forward_camera(distortion_model="equidistant", distortion=[0.1, 0, 0, 0]).distortion.shape == (4,)
+    assert forward_camera(distortion_model="plumb_bob", distortion=[0.1, 0]).distortion.shape == (5,)
+    with pytest.raises(FrameError, match="but equidistant has 4"):
+        forward_camera(distortion_model="equidistant", distortion=[0.1, 0, 0, 0, 0.2])
+    with pytest.raises(FrameError, match="is not one of"):
+        forward_camera(distortion_model="fisheye62", distortion=[0.1])
+
+
 def test_depth_image_rejects_occluded_points():
     depth = np.full((120, 160), 10.0, np.float32)
     camera = forward_camera(depth=depth)

@@ -86,6 +86,34 @@ def test_pipeline_pairs_decodes_and_segments(frames, vocabulary):
         assert {"decode", "teacher", "projection"} <= set(result.timings_ms)
 
 
+def test_rectified_cameras_take_p_and_a_stereo_baseline(frames, vocabulary):
+    """A camera named rectified uses P (no distortion, Tx as a baseline); the others K and D, as before."""
+    teacher = build_teacher("labels", vocabulary, text_encoder="hash", strict=False)
+    first, second = [c.name for c in frames[0].cameras]
+    pipeline = LivePipeline(Segmenter(vocabulary, "teacher", teacher=teacher), [first, second],
+                            calibration_of(frames[0]), timeout_ms=None, rectified=[second])
+    frame = frames[0]
+    cloud, cameras = messages_of(frame)
+    K = frame.cameras[1].intrinsics
+    P = np.zeros((3, 4))
+    P[:, :3] = K
+    P[0, 3] = -K[0, 0] * 0.3  # the right camera of a 0.3 m stereo pair
+    for name, (image, info, _) in cameras.items():
+        distorted = {"d": np.array([-0.2, 0.05, 0, 0, 0]), "distortion_model": "plumb_bob", "p": P.ravel()}
+        pipeline.add_camera_info(name, TYPESTORE.types["sensor_msgs/msg/CameraInfo"](**{**info.__dict__,
+                                                                                        **distorted}))
+    results = pipeline.add_cloud(cloud, frame.stamp_ns)
+    for name, (image, _, _) in cameras.items():
+        results += pipeline.add_image(name, image, frame.stamp_ns)
+    results += pipeline.flush(frame.stamp_ns)
+    raw, rectified = results[0].frame.cameras
+    assert raw.distortion_model == "plumb_bob" and rectified.distortion_model == "none"
+    assert np.allclose(rectified.intrinsics, K)
+    want = frame.cameras[1].lidar_to_camera.copy()
+    want[0, 3] -= 0.3
+    assert np.allclose(rectified.lidar_to_camera, want, atol=1e-6)
+
+
 def test_pipeline_skips_bad_messages_and_keeps_going(frames, vocabulary):
     teacher = build_teacher("labels", vocabulary, text_encoder="hash", strict=False)
     name = frames[0].cameras[0].name

@@ -148,10 +148,33 @@ def test_camera_info_checks():
     assert intrinsics.distortion_model == "plumb_bob" and intrinsics.K[0, 2] == 320
     with pytest.raises(conv.MessageError, match="no valid focal length"):
         conv.decode_camera_info(NS(k=[0] * 9, d=[], distortion_model="", width=1, height=1), what="/cam/camera_info")
-    with pytest.raises(conv.MessageError, match="'equidistant' is not supported"):
-        conv.decode_camera_info(NS(k=good.k, d=[0.1] * 4, distortion_model="equidistant", width=1, height=1))
+    fisheye = conv.decode_camera_info(NS(k=good.k, d=[0.1] * 4, distortion_model="equidistant", width=1, height=1))
+    assert fisheye.distortion_model == "equidistant" and fisheye.distortion.tolist() == [0.1] * 4
+    rational = conv.decode_camera_info(NS(k=good.k, d=[0.1] * 8, distortion_model="rational_polynomial", width=1,
+                                          height=1))
+    assert rational.distortion.shape == (8,)
+    with pytest.raises(conv.MessageError, match="'kannala_brandt' is not supported"):
+        conv.decode_camera_info(NS(k=good.k, d=[0.1] * 4, distortion_model="kannala_brandt", width=1, height=1))
+    with pytest.raises(conv.MessageError, match="8 distortion coefficients, but plumb_bob has 5"):
+        conv.decode_camera_info(NS(k=good.k, d=[0.1] * 8, distortion_model="plumb_bob", width=1, height=1))
     assert conv.decode_camera_info(NS(k=good.k, d=[0] * 5, distortion_model="plumb_bob", width=1,
                                       height=1)).distortion_model == "none"
+
+
+def test_rectified_topics_use_p_and_no_distortion():
+    assert conv.is_rectified("/cam_front/image_rect_color/compressed") and conv.is_rectified("/cam/image_rect")
+    assert not conv.is_rectified("/cam_front/image_raw/compressed") and not conv.is_rectified("/rect/image_raw")
+    # A rectified right camera of a stereo pair: P's own focal length and principal point, Tx = -fx * baseline
+    info = NS(k=[500, 0, 320, 0, 500, 240, 0, 0, 1], d=[-0.3, 0.1, 0, 0, 0], distortion_model="plumb_bob",
+              p=[480, 0, 310, -480 * 0.12, 0, 480, 235, 0, 0, 0, 1, 0], width=640, height=480)
+    raw = conv.decode_camera_info(info)
+    assert raw.distortion_model == "plumb_bob" and raw.K[0, 0] == 500 and not np.any(raw.offset)
+    rect = conv.decode_camera_info(info, rectified=True)
+    assert rect.distortion_model == "none" and not np.any(rect.distortion)
+    assert np.allclose(rect.K, [[480, 0, 310], [0, 480, 235], [0, 0, 1]]) and np.allclose(rect.offset, [-0.12, 0, 0])
+    with pytest.raises(conv.MessageError, match="P .* has no valid focal length, but the image topic is rectified"):
+        conv.decode_camera_info(NS(k=info.k, d=[], distortion_model="", p=[0] * 12, width=640, height=480),
+                                rectified=True)
 
 
 def test_sizes_and_values_that_would_break_later_stages_are_refused():

@@ -406,8 +406,9 @@ class BagSource(FrameSource):
                     name = self.camera_names[info_topics[topic]]
                     if name not in self.intrinsics:
                         try:
-                            self.intrinsics[name] = conv.decode_camera_info(reader.deserialize(raw, CAMERA_INFO),
-                                                                            f"{topic} in {self.path}")
+                            self.intrinsics[name] = conv.decode_camera_info(
+                                reader.deserialize(raw, CAMERA_INFO), f"{topic} in {self.path}",
+                                conv.is_rectified(info_topics[topic]))
                         except conv.MessageError as error:
                             log.warning("%s; waiting for a valid one", error)
                     continue
@@ -565,6 +566,7 @@ class BagSource(FrameSource):
             return None
         # Points move with the ego between the sweep's and the image's stamps: go through the world.
         lidar_to_camera = invert(camera_to_ego) @ invert(camera_pose) @ ego_pose @ lidar_to_ego
+        lidar_to_camera[:3, 3] += intrinsics.offset  # a rectified stereo camera's baseline, from its P
         return Camera(name=name, image=image, intrinsics=intrinsics.K, lidar_to_camera=lidar_to_camera,
                       stamp_ns=ref.stamp_ns, distortion_model=intrinsics.distortion_model,
                       distortion=intrinsics.distortion, label_image=label_image,
