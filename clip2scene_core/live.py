@@ -35,6 +35,7 @@ class LiveResult:
     cameras: list[str]
     missing: list[str]
     arrival_ns: int
+    cloud_msg: object = None  # the input PointCloud2, for outputs that keep its fields
 
 
 @dataclass
@@ -207,4 +208,4 @@ class LivePipeline:
             timings.update(segmentation.timings_ms)
         self.stats.processed += 1
         return LiveResult(frame, segmentation, timings, [c.name for c in frame.cameras], list(group.missing),
-                          group.lidar[1])
+                          group.lidar[1], group.lidar[0])

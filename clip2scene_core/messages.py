@@ -184,15 +184,33 @@ def encode_cloud(points: np.ndarray, fields: dict[str, np.ndarray] | None = None
         columns.append((name, np.asarray(values).astype(wanted.get(name, np.asarray(values).dtype))))
     if labels is not None:
         columns.append((label_field, np.asarray(labels).astype(np.uint32)))
-    for name, values in (extra or {}).items():
-        columns.append((name, np.asarray(values)))
+    return _pack(columns + [(name, np.asarray(values)) for name, values in (extra or {}).items()], len(points))
+
+
+def input_records(msg) -> np.ndarray:
+    """The finite points of a PointCloud2 (those decode_cloud keeps, in its order) as a structured array of every
+    single-valued field the message has, named and typed as in the message."""
+    records = pointcloud2.read_points(_CloudView(msg, _buffer(msg.data)))
+    finite = np.isfinite(records["x"]) & np.isfinite(records["y"]) & np.isfinite(records["z"])
+    return records if finite.all() else records[finite]
+
+
+def encode_beside_input(records: np.ndarray, extra: dict[str, np.ndarray]) -> CloudLayout:
+    """An unorganised cloud of the input's fields (input_records; multi-valued fields left out) with the extra
+    arrays after them; an input field of an extra's name gives way to the extra."""
+    columns = [(name, records[name]) for name in records.dtype.names
+               if records.dtype[name].shape == () and name not in extra]
+    return _pack(columns + [(name, np.asarray(values)) for name, values in extra.items()], len(records))
+
+
+def _pack(columns: list[tuple[str, np.ndarray]], count: int) -> CloudLayout:
     dtype = np.dtype([(name, values.dtype.newbyteorder("<")) for name, values in columns])
-    packed = np.empty(len(points), dtype=dtype)
+    packed = np.empty(count, dtype=dtype)
     for name, values in columns:
         packed[name] = values
     layout = [(name, dtype.fields[name][1], POINT_FIELD_CODES[np.dtype(dtype.fields[name][0].type)], 1)
               for name, _ in columns]
-    return CloudLayout(layout, dtype.itemsize, packed.view(np.uint8).reshape(-1), len(points))
+    return CloudLayout(layout, dtype.itemsize, packed.view(np.uint8).reshape(-1), count)
 
 
 # ---------------------------------------------------------------------------------------------- images

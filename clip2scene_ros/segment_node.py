@@ -2,7 +2,8 @@
 
 ROS I/O only: messages go into clip2scene_core.live.LivePipeline (the core's synchroniser and
 Segmenter), results come back out as messages. Outputs, relative to the node's namespace:
-  segmentation/points    PointCloud2: x, y, z, intensity, label (uint16, 65535 = unlabelled), score, and
+  segmentation/points    PointCloud2: the input's finite points with every field they had (ring, time, ...),
+                         then label (uint16, 65535 = unlabelled), score, and
                          query_similarity (float32 cosine, NaN: no feature) while the query parameter is set
   segmentation/colored   PointCloud2: x, y, z, rgb (RViz colours of the vocabulary)
   segmentation/info      clip2scene_ros/SegmentationInfo: classes, colours, counts, mode, model, stage timings
@@ -312,10 +313,9 @@ class SegmentNode(Node):
         extra = {"label": labels, "score": segmentation.scores.astype(np.float32)}
         if segmentation.similarity is not None:
             extra["query_similarity"] = segmentation.similarity
-        intensity = {"intensity": frame.fields["intensity"]} if "intensity" in frame.fields else {}
-        if self.points_pub.get_subscription_count():
-            self.points_pub.publish(conversions.cloud_msg(conv.encode_cloud(frame.points, intensity, extra=extra),
-                                                          header))
+        if self.points_pub.get_subscription_count():  # the input's fields (ring, time, ...) with the labels
+            layout = conv.encode_beside_input(conv.input_records(result.cloud_msg), extra)
+            self.points_pub.publish(conversions.cloud_msg(layout, header))
         palette = {**self.vocabulary.palette, IGNORE: (0, 0, 0)}
         colors = palette_colors(segmentation.labels, palette)
         if self.publish_colored and self.colored_pub.get_subscription_count():

@@ -34,6 +34,36 @@ def test_cloud_round_trip_keeps_points_fields_and_labels():
     assert decoded.stamp_ns == 12_000_000_005 and decoded.frame_id == "lidar"
 
 
+def test_outputs_keep_the_input_fields_beside_the_labels():
+    """A driver's cloud (x y z, uint8 intensity, uint16 ring, float64 time, a ground-truth label) with a NaN point:
+    the labelled output keeps every input field, named and typed as sent, for the finite points in decode order."""
+    n = 6
+    dtype = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("intensity", "u1"), ("ring", "<u2"),
+                      ("time", "<f8"), ("label", "<u4")])
+    values = np.zeros(n, dtype)
+    for axis in "xyz":
+        values[axis] = np.arange(n)
+    values["y"][2] = np.nan
+    values["intensity"], values["ring"], values["time"] = np.arange(n) * 10, np.arange(n) + 100, np.arange(n) * 0.01
+    values["label"] = 7
+    codes = {"<f4": 7, "u1": 2, "<u2": 4, "<f8": 8, "<u4": 6}
+    msg = cloud([(name, dtype.fields[name][1], codes[dtype.fields[name][0].str.replace("|", "")])
+                 for name in dtype.names], dtype.itemsize, values.view(np.uint8), width=n)
+    decoded = conv.decode_cloud(msg)
+    records = conv.input_records(msg)
+    assert len(records) == len(decoded.points) == 5
+    labels = np.arange(5, dtype=np.uint16)
+    layout = conv.encode_beside_input(records, {"label": labels, "score": np.full(5, 0.5, np.float32)})
+    assert [f[0] for f in layout.fields] == ["x", "y", "z", "intensity", "ring", "time", "label", "score"]
+    out = np.frombuffer(bytes(layout.data), np.dtype([(f[0], records.dtype[f[0]] if f[0] in records.dtype.names
+                                                       and f[0] != "label" else np.float32 if f[0] == "score"
+                                                       else np.uint16) for f in layout.fields]))
+    keep = [0, 1, 3, 4, 5]
+    assert out["ring"].tolist() == values["ring"][keep].tolist() and out["intensity"].dtype == np.uint8
+    assert np.array_equal(out["time"], values["time"][keep]) and out["label"].tolist() == labels.tolist()
+    assert np.array_equal(np.stack([out[a] for a in "xyz"], 1), decoded.points)
+
+
 def test_organised_cloud_with_padding_nans_and_big_endian():
     # 2 rows x 3 points, point_step 16 (x y z + 4 pad bytes), rows padded to 56 bytes.
     dtype = np.dtype({"names": ["x", "y", "z"], "formats": [">f4"] * 3, "offsets": [0, 4, 8], "itemsize": 16})

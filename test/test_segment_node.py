@@ -74,6 +74,9 @@ def test_labelled_cloud_for_every_input_and_vocabulary_changes_at_run_time(ros_n
             frame = by_stamp[conv.stamp_to_ns(message.header.stamp)]
             decoded = conv.decode_cloud(message, label_field="label")
             assert np.array_equal(decoded.points, frame.points)
+            assert set(frame.fields) and set(frame.fields) <= set(decoded.fields)  # the input's fields kept
+            for name, values in frame.fields.items():
+                assert np.allclose(decoded.fields[name], values, atol=1e-6), name
             labels = decoded.labels
             assert ((labels < 16) | (labels == 65535)).all() and (labels < 16).mean() > 0.99
         info = infos[0]
