@@ -20,7 +20,7 @@ from . import messages as conv
 from .frame import Camera, Frame
 from .segmenter import Segmentation, Segmenter
 from .sync import Synchronizer
-from .tf_tree import TransformError, TransformTree
+from .tf_tree import TransformError, TransformTree, camera_from_lidar
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,18 @@ class LiveStats:
     rejected_infos: int = 0
     failed: int = 0  # sweeps the segmenter raised on (logged with the error; the next one is served)
     errors: deque = field(default_factory=lambda: deque(maxlen=50))
+    notices: deque = field(default_factory=lambda: deque(maxlen=50))  # worth an info line: where extrinsics came from
 
 
 class LivePipeline:
     """camera_names: names in the order of the cameras; images are added by name.
 
-    calibration: static transforms connecting the clouds' and images' header frame_ids; without it,
-    cameras cannot be placed and the frames are LiDAR-only.
+    calibration: static transforms connecting the clouds' and images' header frame_ids (and, for replay, the
+    recording's /tf); tf: a live buffer of /tf_static and /tf. A camera's mount comes from tf where it connects
+    the camera to the LiDAR, else from calibration (which one is said once in stats.notices, and again if it
+    changes); without either, cameras cannot be placed and the frames are LiDAR-only. Where the vehicle frame
+    moves in /tf (odom -> base_link), each image is compensated for the motion between its stamp and the
+    sweep's (tf_tree.camera_from_lidar, as the bag reader does).
     defer: add_*/poll/flush return the released groups, each with its release time, for the caller to
     process() elsewhere (the node's worker thread), instead of segmenting them inline.
     """
@@ -61,11 +66,12 @@ class LivePipeline:
     def __init__(self, segmenter: Segmenter | None, camera_names: list[str], calibration: TransformTree | None,
                  slop_ms: float = 50.0, offsets_ms: dict[str, float] | None = None, timeout_ms: float | None = 100.0,
                  label_field: str | None = "label", label_wait_ms: float = 100.0, defer: bool = False,
-                 rectified: Iterable[str] = ()):
+                 rectified: Iterable[str] = (), tf: TransformTree | None = None):
         self.segmenter, self.defer = segmenter, defer
         self.camera_names = list(camera_names)
         self.rectified = set(rectified)  # cameras whose images are rectified: P, no distortion
-        self.calibration = calibration
+        self.calibration, self.tf = calibration, tf
+        self.extrinsics_from: dict[str, str] = {}  # camera -> "/tf_static" or "calibration_file"
         self.label_field = label_field
         self.sync = Synchronizer(self.camera_names, int(slop_ms * 1e6),
                                  {k: int(v * 1e6) for k, v in (offsets_ms or {}).items()},
@@ -147,7 +153,7 @@ class LivePipeline:
             return None
         cameras = []
         for name, (image_msg, _) in group.cameras.items():
-            camera = self._camera(name, image_msg, cloud.frame_id)
+            camera = self._camera(name, image_msg, cloud.frame_id, cloud.stamp_ns)
             if camera is not None:
                 cameras.append(camera)
         frame = Frame(points=cloud.points, stamp_ns=cloud.stamp_ns, fields=cloud.fields, cameras=cameras,
@@ -155,13 +161,25 @@ class LivePipeline:
         return frame, {"sync_wait": max(0.0, (now_ns - arrival_ns) * 1e-6),
                        "decode": (time.perf_counter() - started) * 1e3}
 
-    def _camera(self, name: str, msg, lidar_frame: str) -> Camera | None:
+    def _extrinsic(self, name: str, camera_frame: str, stamp_ns: int, lidar_frame: str, lidar_stamp_ns: int):
+        live = self.tf is not None and {camera_frame, lidar_frame} <= self.tf.frames
+        source, tree = ("/tf_static", self.tf) if live or self.calibration is None else \
+            ("calibration_file", self.calibration)
+        if not tree.frames:
+            raise TransformError(f"no /tf_static received yet to place {camera_frame!r} (and no calibration_file)")
+        T = camera_from_lidar(tree, camera_frame, stamp_ns, lidar_frame, lidar_stamp_ns, self.tf)
+        if self.extrinsics_from.get(name) != source:
+            self.extrinsics_from[name] = source
+            self.stats.notices.append(f"camera {name}: {camera_frame} -> {lidar_frame} from {source}")
+        return T
+
+    def _camera(self, name: str, msg, lidar_frame: str, lidar_stamp_ns: int) -> Camera | None:
         intrinsics = self.intrinsics.get(name)
         if intrinsics is None:
             self.stats.skipped_images += 1
             self._error(f"camera {name}: no valid camera_info yet; image not used")
             return None
-        if self.calibration is None:
+        if self.calibration is None and self.tf is None:
             self._error(f"camera {name}: no calibration file, so the camera cannot be placed; image not used")
             return None
         stamp = conv.stamp_to_ns(msg.header.stamp)
@@ -170,7 +188,7 @@ class LivePipeline:
             if image.shape[:2] != (intrinsics.height, intrinsics.width):
                 raise conv.MessageError(f"image of {name} is {image.shape[1]}x{image.shape[0]} but its camera_info "
                                         f"says {intrinsics.width}x{intrinsics.height}")
-            lidar_to_camera = self.calibration.lookup(msg.header.frame_id, lidar_frame)
+            lidar_to_camera = self._extrinsic(name, msg.header.frame_id, stamp, lidar_frame, lidar_stamp_ns)
             if np.any(intrinsics.offset):  # a rectified stereo camera's baseline, from its P
                 lidar_to_camera = lidar_to_camera.copy()
                 lidar_to_camera[:3, 3] += intrinsics.offset

@@ -8,12 +8,13 @@ convention for geometry_msgs/TransformStamped).
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 
 import numpy as np
 
 from .geometry import invert
-from .messages import matrix_to_quaternion
+from .messages import matrix_to_quaternion, stamp_to_ns, transform_to_matrix
 
 
 class TransformError(LookupError):
@@ -47,6 +48,13 @@ class _Track:
         self.translations.append(np.asarray(T[:3, 3], dtype=np.float64))
         self.quaternions.append(q)
 
+    def keep_after(self, oldest_ns: int) -> None:
+        """Forget the samples before oldest_ns (a live buffer's horizon); the newest one always stays."""
+        cut = min(int(np.searchsorted(self.stamps, oldest_ns)), len(self.stamps) - 1) if self._sorted else 0
+        if cut > 0:
+            self.stamps, self.translations, self.quaternions = (self.stamps[cut:], self.translations[cut:],
+                                                                self.quaternions[cut:])
+
     def at(self, stamp_ns: int, tolerance_ns: int) -> np.ndarray:
         if not self._sorted:
             order = np.argsort(self.stamps, kind="stable")
@@ -77,21 +85,36 @@ class TransformTree:
 
     tolerance_ns: how far before the first or after the last sample of a time-stamped transform
     a lookup may still use that sample.
+    buffer_ns: with it (a live tree), each time-stamped transform keeps only that much history before its
+    newest sample, as tf2's buffer does; None keeps everything (a recording).
+    Lookups and additions may come from different threads (a node's executor adds, its worker looks up).
     """
 
-    def __init__(self, tolerance_ns: int = 500_000_000):
-        self.tolerance_ns = tolerance_ns
+    def __init__(self, tolerance_ns: int = 500_000_000, buffer_ns: int | None = None):
+        self.tolerance_ns, self.buffer_ns = tolerance_ns, buffer_ns
         self.static: dict[tuple[str, str], np.ndarray] = {}
         self.dynamic: dict[tuple[str, str], _Track] = {}
         self.parent: dict[str, str] = {}
+        self._lock = threading.RLock()
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.RLock())
 
     def add_static(self, parent: str, child: str, T: np.ndarray) -> None:
-        self.static[(parent, child)] = np.asarray(T, dtype=np.float64)
-        self.parent[child] = parent
+        with self._lock:
+            self.static[(parent, child)] = np.asarray(T, dtype=np.float64)
+            self.parent[child] = parent
 
     def add_dynamic(self, parent: str, child: str, stamp_ns: int, T: np.ndarray) -> None:
-        self.dynamic.setdefault((parent, child), _Track()).add(stamp_ns, np.asarray(T, dtype=np.float64))
-        self.parent.setdefault(child, parent)
+        with self._lock:
+            track = self.dynamic.setdefault((parent, child), _Track())
+            track.add(stamp_ns, np.asarray(T, dtype=np.float64))
+            self.parent.setdefault(child, parent)
+            if self.buffer_ns is not None:
+                track.keep_after(track.stamps[-1] - self.buffer_ns)
 
     @property
     def frames(self) -> set[str]:
@@ -125,6 +148,10 @@ class TransformTree:
 
     def lookup(self, target: str, source: str, stamp_ns: int | None = None) -> np.ndarray:
         """(4, 4) mapping source-frame points into the target frame (at stamp_ns for moving links)."""
+        with self._lock:
+            return self._lookup(target, source, stamp_ns)
+
+    def _lookup(self, target: str, source: str, stamp_ns: int | None) -> np.ndarray:
         if target == source:
             return np.eye(4)
         neighbours: dict[str, list[tuple[str, str, str]]] = {}
@@ -152,3 +179,33 @@ class TransformTree:
             T = T @ step
             frame = previous
         return T
+
+
+def add_tf_message(tree: TransformTree, msg, static: bool) -> None:
+    """Every transform of a tf2_msgs/TFMessage (/tf_static when static, else /tf) into tree."""
+    for t in msg.transforms:
+        T = transform_to_matrix(t.transform.translation, t.transform.rotation)
+        if static:
+            tree.add_static(t.header.frame_id, t.child_frame_id, T)
+        else:
+            tree.add_dynamic(t.header.frame_id, t.child_frame_id, stamp_to_ns(t.header.stamp), T)
+
+
+def camera_from_lidar(extrinsics: TransformTree, camera_frame: str, camera_stamp_ns: int, lidar_frame: str,
+                      lidar_stamp_ns: int, motion: TransformTree | None = None) -> np.ndarray:
+    """(4, 4) LiDAR points at the sweep's stamp -> the camera's frame at the image's stamp.
+
+    The mounts come from extrinsics' static transforms up to the vehicle frame (the LiDAR frame's topmost static
+    ancestor); where motion (default: extrinsics itself) moves that frame in a world frame (/tf: odom ->
+    base_link), the vehicle's motion between the two stamps is folded in, as the bag reader does. A stamp outside
+    the buffered motion is a TransformError naming the frames and the times covered.
+    """
+    ego = extrinsics.root(lidar_frame, static_only=True) if lidar_frame in extrinsics.frames else lidar_frame
+    lidar_to_ego = extrinsics.lookup(ego, lidar_frame)
+    camera_to_ego = extrinsics.lookup(ego, camera_frame)
+    motion = extrinsics if motion is None else motion
+    world = motion.root(ego) if ego in motion.frames else ego
+    if world == ego or camera_stamp_ns == lidar_stamp_ns:
+        return invert(camera_to_ego) @ lidar_to_ego
+    moved = invert(motion.lookup(world, ego, camera_stamp_ns)) @ motion.lookup(world, ego, lidar_stamp_ns)
+    return invert(camera_to_ego) @ moved @ lidar_to_ego

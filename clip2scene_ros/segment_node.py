@@ -28,7 +28,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import ColorRGBA
 
@@ -42,6 +42,7 @@ from clip2scene_core.render import draw_points, palette_colors
 from clip2scene_core.segmenter import MODES, Segmenter, resolve_device
 from clip2scene_core.threads import apply_threads
 from clip2scene_core.teacher import label_images_name
+from clip2scene_core.tf_tree import TransformTree, add_tf_message
 from clip2scene_core.vocabulary import IGNORE, Vocabulary, VocabularyError, load_vocabulary
 
 from . import conversions, object_outputs
@@ -105,6 +106,9 @@ PARAMETERS = [
           "takes it is dropped and counted as stale_clouds; 0: off (run time)", 0.0, 600000.0),
     Param("publish_debug", False, "publish each stage time on ~/debug/processing_time_ms/<stage> and the "
           "stamp-to-publish latency on ~/debug/pipeline_latency_ms, std_msgs/Float64 (run time)"),
+    Param("tf_tolerance_ms", 0.0, "how far past the newest /tf sample (or before the oldest) an image or sweep "
+          "stamp may still use it; beyond, that camera is left out with an error naming frames and times",
+          0.0, 1000.0, read_only=True),
     Param("label_field", "label", "ground-truth label field of the input cloud, if any", read_only=True),
     *object_outputs.PARAMETERS,
 ]
@@ -149,9 +153,10 @@ class SegmentNode(Node):
         self.segmenter.set_query(v.query)
 
         calibration = load_calibration(v.calibration_file)[0] if v.calibration_file else None
-        if camera_topics and calibration is None:
-            self.get_logger().warning("camera_topics given without calibration_file: cameras cannot be placed and "
-                                      "are ignored")
+        self.tf = self._subscribe_tf(v.tf_tolerance_ms) if camera_topics else None
+        if camera_topics and calibration is None and self.tf is None:
+            self.get_logger().warning("camera_topics given without calibration_file (and without tf2_msgs for "
+                                      "/tf_static): cameras cannot be placed and are ignored")
         self.cameras = {topic: camera_name(topic) for topic in camera_topics}
         if offsets and len(offsets) != len(camera_topics):
             raise ValueError(f"parameter camera_offsets_ms has {len(offsets)} values for {len(camera_topics)} cameras")
@@ -159,7 +164,8 @@ class SegmentNode(Node):
         self.pipeline = LivePipeline(self.segmenter, list(self.cameras.values()), calibration, v.sync_slop_ms,
                                      offsets_by_camera, v.sync_timeout_ms if v.sync_timeout_ms > 0 else None,
                                      v.label_field, defer=True,
-                                     rectified=[n for t, n in self.cameras.items() if conv.is_rectified(t)])
+                                     rectified=[n for t, n in self.cameras.items() if conv.is_rectified(t)],
+                                     tf=self.tf)
         self.next_vocabulary: Vocabulary | None = None  # validated by on_parameters, applied by the worker
         self.next_query: str | None = None  # the same: its text embedding is computed on the worker thread
         self.worker = LatestWorker(self._segment, "clip2scene segmentation")
@@ -226,6 +232,29 @@ class SegmentNode(Node):
         self._submit(self.pipeline.poll(self._now()))
         while self.pipeline.stats.errors:
             self._warn(self.pipeline.stats.errors.popleft())
+        while self.pipeline.stats.notices:
+            self.get_logger().info(self.pipeline.stats.notices.popleft())
+
+    def _subscribe_tf(self, tolerance_ms: float) -> TransformTree | None:
+        """The vehicle's /tf_static (mounts, from its URDF) and /tf (odom -> base_link) into a 10 s buffer, as
+        tf2's listeners subscribe; None where tf2_msgs is missing (the calibration file alone is used)."""
+        try:
+            from tf2_msgs.msg import TFMessage
+        except ImportError:
+            self.get_logger().info("tf2_msgs is not installed: extrinsics from calibration_file only, no ego motion")
+            return None
+        tree = TransformTree(tolerance_ns=int(tolerance_ms * 1e6), buffer_ns=10_000_000_000)
+
+        def add(msg, static: bool) -> None:
+            try:
+                add_tf_message(tree, msg, static)
+            except ValueError as error:  # a NaN transform or quaternion
+                self._warn(f"{'/tf_static' if static else '/tf'}: {error}; transform ignored")
+        self.create_subscription(TFMessage, "/tf", lambda msg: add(msg, False),
+                                 QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        self.create_subscription(TFMessage, "/tf_static", lambda msg: add(msg, True), QoSProfile(
+            depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        return tree
 
     def _submit(self, released: list) -> None:
         """Hand released sweeps to the worker: only the newest of them waits there (the rest are dropped)."""

@@ -114,6 +114,44 @@ def test_rectified_cameras_take_p_and_a_stereo_baseline(frames, vocabulary):
     assert np.allclose(rectified.lidar_to_camera, want, atol=1e-6)
 
 
+def test_extrinsics_from_live_tf_with_ego_motion_else_from_the_calibration(frames, vocabulary):
+    """/tf_static and /tf (a live buffer) win over the calibration file where they connect the camera; the image,
+    40 ms older than its sweep, is compensated for the vehicle's motion; which source was used is said once."""
+    frame = frames[0]
+    name = frame.cameras[0].name
+    calibration = calibration_of(frame)
+    lidar_frame = frame.frame_id or "lidar"
+    ego = calibration.root(lidar_frame, static_only=True)
+    live = TransformTree(tolerance_ns=0, buffer_ns=10**10)
+    for (parent, child), T in calibration.static.items():
+        live.add_static(parent, child, T)
+    for i in range(-10, 11):  # 10 m/s along x around the sweep's stamp
+        pose = np.eye(4)
+        pose[0, 3] = 0.1 * i
+        live.add_dynamic("odom", ego, frame.stamp_ns + i * 10_000_000, pose)
+    cloud, cameras = messages_of(frame)
+    image, info, _ = cameras[name]
+    older = TYPESTORE.types["sensor_msgs/msg/Image"](**{**image.__dict__, "header": _header(
+        frame.stamp_ns - 40_000_000, image.header.frame_id)})
+
+    def run(tf):
+        pipeline = LivePipeline(None, [name], calibration, timeout_ms=None, tf=tf)
+        pipeline.add_camera_info(name, info)
+        results = pipeline.add_cloud(cloud, frame.stamp_ns) + pipeline.add_image(name, older, frame.stamp_ns)
+        results += pipeline.flush(frame.stamp_ns)
+        return results[0].frame.cameras[0].lidar_to_camera, list(pipeline.stats.notices)
+
+    moved, notices = run(live)
+    assert notices == [f"camera {name}: {image.header.frame_id} -> {lidar_frame} from /tf_static"]
+    static, notices = run(None)
+    assert notices == [f"camera {name}: {image.header.frame_id} -> {lidar_frame} from calibration_file"]
+    assert np.allclose(static, frame.cameras[0].lidar_to_camera, atol=1e-6)
+    # the vehicle moved 0.4 m forward between the image and the sweep: a LiDAR point is 0.4 m further ahead
+    # of where the camera was than of where it is now
+    point = np.array([10.0, 0.0, 0.0, 1.0])
+    assert np.isclose(np.linalg.norm((moved @ point - static @ point)[:3]), 0.4, atol=1e-6)
+
+
 def test_pipeline_skips_bad_messages_and_keeps_going(frames, vocabulary):
     teacher = build_teacher("labels", vocabulary, text_encoder="hash", strict=False)
     name = frames[0].cameras[0].name

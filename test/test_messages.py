@@ -1,6 +1,7 @@
 """Message conversions, on the rosbags message classes and on rclpy's (both must decode alike)."""
 
 import io
+import pickle
 import zlib
 from types import SimpleNamespace as NS
 
@@ -9,7 +10,7 @@ import pytest
 from PIL import Image
 
 from clip2scene_core import messages as conv
-from clip2scene_core.tf_tree import TransformError, TransformTree
+from clip2scene_core.tf_tree import TransformError, TransformTree, camera_from_lidar
 from frames import yaw_pose
 
 
@@ -256,6 +257,48 @@ def test_transform_tree_chains_and_time():
         tree.lookup("elsewhere", "lidar")
     with pytest.raises(TransformError, match="a stamp is needed"):
         tree.lookup("map", "lidar")
+
+
+def moving_vehicle(buffer_ns=None, tolerance_ns=0):
+    """base_link driving along x at 10 m/s in odom (samples every 10 ms for 1 s), a LiDAR and a camera on it."""
+    tree = TransformTree(tolerance_ns=tolerance_ns, buffer_ns=buffer_ns)
+    tree.add_static("base_link", "lidar", yaw_pose(0, 1, 0, 2))
+    tree.add_static("base_link", "camera", yaw_pose(np.pi / 2, 0.5, 0, 1.5))
+    for i in range(101):
+        tree.add_dynamic("odom", "base_link", i * 10_000_000, yaw_pose(0.001 * i, 0.1 * i, 0))
+    return tree
+
+
+def test_camera_from_lidar_folds_in_the_ego_motion_between_the_stamps():
+    tree = moving_vehicle()
+    lidar_stamp, camera_stamp = 500_000_000, 450_000_000
+    world_point = np.array([20.0, 3.0, 1.0, 1.0])
+    seen_by_lidar = np.linalg.inv(tree.lookup("odom", "lidar", lidar_stamp)) @ world_point
+    seen_by_camera = np.linalg.inv(tree.lookup("odom", "camera", camera_stamp)) @ world_point
+    T = camera_from_lidar(tree, "camera", camera_stamp, "lidar", lidar_stamp)
+    assert np.allclose(T @ seen_by_lidar, seen_by_camera)
+    assert not np.allclose(tree.lookup("camera", "lidar") @ seen_by_lidar, seen_by_camera, atol=0.1)  # 0.5 m off
+    # mounts from one tree, motion from another (a calibration file and the vehicle's /tf)
+    mounts = TransformTree()
+    mounts.add_static("base_link", "lidar", yaw_pose(0, 1, 0, 2))
+    mounts.add_static("base_link", "camera", yaw_pose(np.pi / 2, 0.5, 0, 1.5))
+    assert np.allclose(camera_from_lidar(mounts, "camera", camera_stamp, "lidar", lidar_stamp, tree), T)
+    assert np.allclose(camera_from_lidar(mounts, "camera", camera_stamp, "lidar", lidar_stamp),
+                       tree.lookup("camera", "lidar"))  # no motion known: the mounts alone
+    with pytest.raises(TransformError, match=r"'odom' -> 'base_link': no transform within 0.000 s of t=1.200 s "
+                                             r"\(transforms cover 0.000 to 1.000 s\)"):
+        camera_from_lidar(tree, "camera", 1_200_000_000, "lidar", lidar_stamp)
+
+
+def test_a_live_tree_keeps_a_bounded_history_and_survives_pickling():
+    tree = moving_vehicle(buffer_ns=200_000_000)
+    track = tree.dynamic[("odom", "base_link")]
+    assert track.stamps[0] == 800_000_000 and len(track.stamps) == 21  # 0.2 s before the newest sample
+    with pytest.raises(TransformError, match="cover 0.800 to 1.000 s"):
+        tree.lookup("odom", "base_link", 500_000_000)
+    copy = pickle.loads(pickle.dumps(tree))
+    assert np.allclose(copy.lookup("odom", "lidar", 900_000_000), tree.lookup("odom", "lidar", 900_000_000))
+    copy.add_static("lidar", "extra", np.eye(4))  # the copy has a lock of its own
 
 
 def test_rclpy_messages_decode_like_rosbags_ones():

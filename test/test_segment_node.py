@@ -228,3 +228,45 @@ def test_stale_sweeps_are_dropped_latency_is_from_the_stamp_and_debug_topics_on_
         spin_until(ros_node, lambda: any(i.total_latency_ms > 59_000 for i in infos), 60, "the old cloud segmented",
                    [segmenter])
         assert value("stale_clouds") == 1 and segmenter.poll() is None
+
+
+
+def test_extrinsics_from_tf_static_without_a_calibration_file(ros_node, checkpoint, tmp_path):
+    """The rig's mounts on /tf_static (transient local), as a vehicle's robot_state_publisher sends them: with no
+    calibration file the node places its cameras from them and says so."""
+    tf2_msgs = pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs is not installed (every ROS 2 install has it; "
+                                                          "here it builds from ../shared/ros2-jazzy/tf2_msgs)")
+    from geometry_msgs.msg import TransformStamped
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import PointCloud2
+
+    from clip2scene_ros import conversions
+
+    transforms = []
+    for parent, child, T in frame_transforms(open_source(SOURCE)[0]):
+        t = TransformStamped(header=conversions.header(0, parent), child_frame_id=child)
+        t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = map(float, T[:3, 3])
+        q = t.transform.rotation
+        q.x, q.y, q.z, q.w = map(float, conv.matrix_to_quaternion(T))
+        transforms.append(t)
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    static_pub = ros_node.create_publisher(tf2_msgs.TFMessage, "/tf_static", latched)
+    static_pub.publish(tf2_msgs.TFMessage(transforms=transforms))
+    clouds = []
+    ros_node.create_subscription(PointCloud2, "segmentation/points", clouds.append, 20)
+    log = tmp_path / "segmenter.log"
+    with node_process("clip2scene_ros.segment_node", "config/segment_node.yaml", node_parameters(checkpoint, "''"),
+                      log) as segmenter:
+        spin_until(ros_node, lambda: ros_node.count_publishers("segmentation/points") > 0
+                   and static_pub.get_subscription_count() > 0, 60, "the segmenter", [segmenter])
+        with node_process("clip2scene_ros.sensor_publisher_node", "config/sensor_publisher.yaml",
+                          {"source": SOURCE, "rate_hz": 5.0, "wait_for_subscribers": 1, "restamp": False,
+                           "wait_for_topics": WAIT_FOR, "durability": "transient_local"},
+                          tmp_path / "publisher.log") as publisher:
+            last = open_source(SOURCE)[-1].stamp_ns
+            spin_until(ros_node, lambda: any(conv.stamp_to_ns(c.header.stamp) == last for c in clouds), 90,
+                       "the last sweep segmented", [segmenter, publisher])
+    text = log.read_text()
+    for camera in ("cam_front", "cam_front_right"):
+        assert f"camera {camera}: {camera} -> lidar from /tf_static" in text, text
+    assert "cannot be placed" not in text and "image not used" not in text, text

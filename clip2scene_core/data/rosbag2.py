@@ -31,7 +31,7 @@ from ..calibration import frame_transforms
 from ..frame import Camera, Frame
 from ..geometry import invert
 from ..sync import Synchronizer
-from ..tf_tree import TransformError, TransformTree
+from ..tf_tree import TransformError, TransformTree, add_tf_message
 from .reindex import is_locked, unfinished_parts
 from .source import FrameSource, MissingPosesError, SourceError
 
@@ -400,7 +400,7 @@ class BagSource(FrameSource):
             for connection, log_time, raw in self._messages(reader, connections, part):
                 topic = connection.topic
                 if topic in ("/tf", "/tf_static"):
-                    self._add_transforms(reader.deserialize(raw, connection.msgtype), static=topic == "/tf_static")
+                    add_tf_message(self.tree, reader.deserialize(raw, connection.msgtype), topic == "/tf_static")
                     continue
                 if topic in info_topics:
                     name = self.camera_names[info_topics[topic]]
@@ -450,14 +450,6 @@ class BagSource(FrameSource):
             log.warning("bag %s: cloud at t=%.3f s is not after the previous cloud (t=%.3f s); skipped", self.path,
                         ref.stamp_ns * 1e-9, self.lidar_refs[-1].stamp_ns * 1e-9)
         self.skipped_clouds += 1
-
-    def _add_transforms(self, msg, static: bool) -> None:
-        for t in msg.transforms:
-            T = conv.transform_to_matrix(t.transform.translation, t.transform.rotation)
-            if static:
-                self.tree.add_static(t.header.frame_id, t.child_frame_id, T)
-            else:
-                self.tree.add_dynamic(t.header.frame_id, t.child_frame_id, conv.stamp_to_ns(t.header.stamp), T)
 
     def _check_calibration(self) -> None:
         """Decide the ego frame and drop cameras that cannot be placed, with a warning per camera."""
