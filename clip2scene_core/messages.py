@@ -7,9 +7,10 @@ either side wraps into its own message classes. No ROS import here.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pointcloud2
@@ -344,7 +345,7 @@ class Intrinsics:
     distortion: np.ndarray
     width: int
     height: int
-    offset: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    offset: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3))
 
 
 def is_rectified(image_topic: str) -> bool:
