@@ -109,9 +109,7 @@ class Segmenter:
         similarity = np.full(n, np.nan, np.float32) if query is not None else None
         if self.mode in ("student", "fusion") and n:
             with self._timed(timings, "student"):
-                labels, scores, student_similarity = self.student.infer(frame, query)
-                if query is not None:
-                    similarity = student_similarity
+                labels, scores, similarity = self.student.infer(frame, query)  # similarity: None without query
         if self.mode in ("teacher", "fusion") and frame.cameras and n:
             with self._timed(timings, "teacher"):
                 output = self.teacher.predict(frame.cameras)

@@ -6,6 +6,8 @@ not in this repository's venv), so launch_overrides can be tested here.
 
 from __future__ import annotations
 
+BOOLEAN_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
 
 def launch_overrides(arguments: dict[str, str], booleans: tuple[str, ...] = ("use_sim_time",)) -> dict:
     """Launch arguments as parameter overrides on top of the params file: an empty argument keeps the file's
@@ -17,11 +19,10 @@ def launch_overrides(arguments: dict[str, str], booleans: tuple[str, ...] = ("us
         if value == "":
             continue
         if name in booleans:
-            words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-            if value.lower() not in words:
+            if value.lower() not in BOOLEAN_WORDS:
                 raise ValueError(f"launch argument {name} must be true or false (or empty: the params file's "
                                  f"value), got {text!r}")
-            overrides[name] = words[value.lower()]
+            overrides[name] = BOOLEAN_WORDS[value.lower()]
         else:
             overrides[name] = text
     return overrides

@@ -48,7 +48,7 @@ from clip2scene_core.data.rosbag2 import (
 from clip2scene_core.sync import Synchronizer
 
 from . import conversions
-from .params import INPUT_DURABILITY, Param, declare_all, qos_profile
+from .params import INPUT_DURABILITY, TF_QOS, TF_STATIC_QOS, Param, declare_all, qos_profile
 from .runner import run
 
 
@@ -264,14 +264,9 @@ class RecordNode(Node):
         except ImportError:
             raise ValueError("parameter tf_source: topics needs the tf2_msgs Python package (part of every ROS 2 "
                              "install: source /opt/ros/jazzy/setup.bash)") from None
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-
-        # As tf2's own listeners subscribe: /tf reliable, /tf_static reliable and transient-local.
         self.types["/tf"] = self.types["/tf_static"] = TF_MESSAGE
-        self.create_subscription(TFMessage, "/tf", self.on_tf, QoSProfile(depth=100,
-                                 reliability=ReliabilityPolicy.RELIABLE), raw=True)
-        self.create_subscription(TFMessage, "/tf_static", self.on_tf_static, QoSProfile(
-            depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL), raw=True)
+        self.create_subscription(TFMessage, "/tf", self.on_tf, TF_QOS, raw=True)
+        self.create_subscription(TFMessage, "/tf_static", self.on_tf_static, TF_STATIC_QOS, raw=True)
 
     def on_tf(self, data: bytes) -> None:
         if self.writer is not None:

@@ -28,7 +28,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import ColorRGBA
 
@@ -48,7 +48,7 @@ from clip2scene_core.vocabulary import IGNORE, Vocabulary, VocabularyError, load
 from . import conversions, object_outputs
 from .msg import SegmentationInfo
 from .debug_outputs import DebugOutputs
-from .params import INPUT_DURABILITY, Param, check_value, declare_all, qos_profile
+from .params import INPUT_DURABILITY, TF_QOS, TF_STATIC_QOS, Param, check_value, declare_all, qos_profile
 from .runner import run
 from .worker import LatestWorker
 
@@ -250,10 +250,8 @@ class SegmentNode(Node):
                 add_tf_message(tree, msg, static)
             except ValueError as error:  # a NaN transform or quaternion
                 self._warn(f"{'/tf_static' if static else '/tf'}: {error}; transform ignored")
-        self.create_subscription(TFMessage, "/tf", lambda msg: add(msg, False),
-                                 QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
-        self.create_subscription(TFMessage, "/tf_static", lambda msg: add(msg, True), QoSProfile(
-            depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        self.create_subscription(TFMessage, "/tf", lambda msg: add(msg, False), TF_QOS)
+        self.create_subscription(TFMessage, "/tf_static", lambda msg: add(msg, True), TF_STATIC_QOS)
         return tree
 
     def _submit(self, released: list) -> None:
