@@ -1,7 +1,9 @@
 """Test environment: offline, DDS isolated, deterministic; fixtures for the shared real samples."""
 
+import fcntl
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,25 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # DDS stays on this machine (shared memory) and in a domain of this test run's own.
 os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "SHM"
-os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
+
+
+def _claim_domain() -> tuple[str, object]:
+    """A ROS domain id in 100..199 no other test run on this machine holds: each run keeps a lock file open on
+    its id for as long as it lives (ids derived from the pid alone can coincide)."""
+    start = os.getpid() % 100
+    for step in range(100):
+        domain = 100 + (start + step) % 100
+        handle = open(Path(tempfile.gettempdir()) / f"clip2scene-ros-domain-{domain}.lock", "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return str(domain), handle
+        except OSError:
+            handle.close()
+    raise RuntimeError("all ROS domain ids 100..199 are held by other test runs: set ROS_DOMAIN_ID")
+
+
+if "ROS_DOMAIN_ID" not in os.environ:
+    os.environ["ROS_DOMAIN_ID"], _DOMAIN_LOCK = _claim_domain()
 os.environ.setdefault("ROS_LOG_DIR", str(ROOT / "build" / "ros_log"))
 os.environ.setdefault("MPLBACKEND", "Agg")
 # A sourced ROS 2 install sets AMENT_PREFIX_PATH; a venv of the ROS 2 wheels is its own ament prefix (make setup
