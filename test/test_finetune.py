@@ -36,14 +36,14 @@ def test_the_classifier_is_built_from_the_vocabulary_that_gives_the_targets(tmp_
 
 @pytest.mark.slow
 def test_a_labelled_real_scan_is_fitted(shared_data, tmp_path):
-    """100 % of one labelled SemanticKITTI scan (within 12 m, to keep the test short), 40 epochs of the default
-    recipe: the scan is fitted (before: loss 1.9 and about 10 mIoU)."""
+    """100 % of one labelled SemanticKITTI scan (within 8 m, 45k points, to keep the test short), 30 epochs of the
+    default recipe: the scan is fitted (before: loss 1.9 and about 10 mIoU; measured: 83 mIoU, loss 0.05x)."""
     scan = open_source(f"semantickitti:{shared_data / 'semantickitti_seq00'}")[0]
-    near = scan.select(np.linalg.norm(scan.points[:, :2], axis=1) < 12.0)
+    near = scan.select(np.linalg.norm(scan.points[:, :2], axis=1) < 8.0)
     source = FrameList([near])
     vocabulary = load_vocabulary("semantickitti")
     model = student(vocabulary, preset="small")
-    history = finetune(model, source, vocabulary, FinetuneConfig(labels_fraction=1.0, epochs=40), tmp_path, {},
+    history = finetune(model, source, vocabulary, FinetuneConfig(labels_fraction=1.0, epochs=30), tmp_path, {},
                        progress=False)
     evaluation, _ = evaluate_source(source, Segmenter(vocabulary, "student", student=model), progress=False)
     assert evaluation.all_points.miou() > 0.7, evaluation.table()
