@@ -3,6 +3,8 @@ close, shut down; a node raising SystemExit(code) ends the process with that cod
 
 from __future__ import annotations
 
+import sys
+
 import rclpy
 import rclpy.logging
 from rclpy._rclpy_pybind11 import RCLError
@@ -12,9 +14,14 @@ from clip2scene_core.errors import UserError
 
 
 def run(node_class, args=None) -> int:
-    """0 after a signal; 2 (the error logged, no traceback) when the node cannot start on its parameters
-    or files; a node raising SystemExit(code) ends with that code."""
-    rclpy.init(args=args)
+    """0 after a signal; 2 (the error logged, no traceback) when the node cannot start on its command line,
+    parameters or files; a node raising SystemExit(code) ends with that code."""
+    try:
+        rclpy.init(args=args)
+    except RCLError as error:  # the command line did not parse: say so without rclpy's traceback
+        hint = " (an empty value is written -p NAME:=\"''\")" if ":=" in str(error) else ""
+        print(f"cannot start: {error}{hint}", file=sys.stderr)
+        return 2
     node, code = None, 0
     try:
         try:
