@@ -6,7 +6,8 @@ Segmenter), results come back out as messages. Outputs, relative to the node's n
                          then label (uint16, 65535 = unlabelled), score, and
                          query_similarity (float32 cosine, NaN: no feature) while the query parameter is set
   segmentation/colored   PointCloud2: x, y, z, rgb (RViz colours of the vocabulary)
-  segmentation/info      clip2scene_ros/SegmentationInfo: classes, colours, counts, mode, model, stage timings
+  segmentation/info      clip2scene_ros/SegmentationInfo: classes, colours, counts, mode, model, stage timings,
+                         latencies (from stamp, from arrival), dropped and stale sweep counts
   segmentation/overlay   sensor_msgs/Image: one camera with the labelled points drawn (publish_overlay)
   segmentation/objects, segmentation/label_info, segmentation/objects/markers, segmentation/query: the objects
                          of the thing classes and a text query's matches (see object_outputs)
@@ -373,7 +374,8 @@ class SegmentNode(Node):
             class_point_counts=[int(c) for c in counts], num_points=len(segmentation.labels),
             num_unlabelled=int((segmentation.labels == IGNORE).sum()), mode=self.mode, model=self.model_id,
             stage_names=list(timings), stage_latencies_ms=[float(v) for v in timings.values()],
-            total_latency_ms=float(total_ms))
+            total_latency_ms=float(total_ms), arrival_latency_ms=float(self.last_arrival_latency_ms),
+            dropped_clouds=self.worker.dropped, stale_clouds=self.stale)
 
     def publish_diagnostics(self) -> None:
         stats = self.pipeline.stats
