@@ -65,7 +65,9 @@ def launch_test(ament_prefix: Path, tmp_path: Path, spec: dict) -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     ran = ["test_node_topics_and_params_file", "test_every_process_ended_cleanly"]
-    for name in ran + (["test_ros2_param_and_topic_command_line"] if spec.get("cli") else []):
+    ran += ["test_ros2_param_and_topic_command_line"] if spec.get("cli") else []
+    ran += ["test_ros2_lifecycle_command_line"] if spec.get("lifecycle") else []
+    for name in ran:
         assert re.search(rf"{name} \(.*\) \.\.\. ok", output), f"{name} did not pass: {output[-6000:]}"
 
 
@@ -77,6 +79,15 @@ def test_segment_launch_in_a_namespace_and_the_ros2_command_line(ament_prefix, t
                       "params_file": str(params_file(tmp_path, "segment_node.yaml", values))},
         "node": "/vehicle/clip2scene_segmenter", "parameters": {**values, "checkpoint": str(tiny_student)},
         "topics": ["/vehicle/segmentation/info", "/vehicle/segmentation/points", "/diagnostics"], "cli": True})
+
+
+def test_segment_launch_of_the_lifecycle_node_and_ros2_lifecycle(ament_prefix, tiny_student, tmp_path):
+    values = {"processing_budget_ms": 123.0}
+    launch_test(ament_prefix, tmp_path, {
+        "launch_file": str(ROOT / "launch" / "segment.launch.py"),
+        "arguments": {"namespace": "vehicle", "checkpoint": str(tiny_student), "lifecycle": "true",
+                      "params_file": str(params_file(tmp_path, "segment_node.yaml", values))},
+        "node": "/vehicle/clip2scene_segmenter", "parameters": values, "topics": [], "lifecycle": True})
 
 
 def test_record_launch_in_a_namespace(ament_prefix, tmp_path):

@@ -3,7 +3,8 @@
 It includes one shipped launch file with the arguments in $CLIP2SCENE_LAUNCH_CHECK (JSON: launch_file,
 arguments, node, topics, parameters and, for the segmenter, cli) and checks that the node comes up under its
 namespaced name, that its topics are there and that the values of the params file are applied; with cli,
-it drives the real `ros2 param` and `ros2 topic` commands against the running node.
+it drives the real `ros2 param` and `ros2 topic` commands against the running node; with lifecycle, the real
+`ros2 lifecycle` configures and activates it.
 """
 
 import json
@@ -33,6 +34,16 @@ def generate_test_description():
 
 def ros2(*arguments: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     return subprocess.run(["ros2", *arguments], capture_output=True, text=True, timeout=timeout)
+
+
+def ros2_lifecycle(*arguments: str) -> subprocess.CompletedProcess:
+    """`ros2 lifecycle ... --no-daemon`, again while it answers 'Node not found': it has no --timeout and looks
+    the node up right after its own discovery starts (a transition is only asked of a node it found)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        result = ros2("lifecycle", arguments[0], "--no-daemon", *arguments[1:])
+        if "Node not found" not in result.stdout + result.stderr or time.monotonic() > deadline:
+            return result
 
 
 class TestLaunchedNode(unittest.TestCase):
@@ -120,6 +131,20 @@ class TestLaunchedNode(unittest.TestCase):
         self.assertIn(f"num_points: {len(frame.points)}", output)
         self.assertIn("- road", output)  # the class_names set above
         self.assertIn("dropped_clouds:", output)
+
+
+    @unittest.skipUnless(SPEC.get("lifecycle"), "for the lifecycle segmenter (segment.launch.py lifecycle:=true)")
+    def test_ros2_lifecycle_command_line(self):
+        node = SPEC["node"]
+        info = f"{node.rsplit('/', 1)[0]}/segmentation/info"
+        self.assertIn("unconfigured [1]", ros2_lifecycle("get", node).stdout)
+        self.assertEqual(self.node.count_publishers(info), 0)  # no outputs before configure
+        for transition in ("configure", "activate"):
+            result = ros2_lifecycle("set", node, transition)
+            self.assertIn("Transitioning successful", result.stdout, result.stdout + result.stderr)
+        self.assertIn("active [3]", ros2_lifecycle("get", node).stdout)
+        self.spin_until(lambda: self.node.count_publishers(info) > 0, f"{info} after configure")
+        self.spin_until(lambda: self.node.count_subscribers("/lidar/points") > 0, "the LiDAR subscribed after activate")
 
 
 @launch_testing.post_shutdown_test()
