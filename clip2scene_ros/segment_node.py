@@ -239,7 +239,6 @@ class SegmentationMixin:
         if getattr(self, "device", None) is not None and self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-
     # -- inputs -----------------------------------------------------------------------------------
 
     def _now(self) -> int:
