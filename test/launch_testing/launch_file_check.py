@@ -36,14 +36,20 @@ def ros2(*arguments: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     return subprocess.run(["ros2", *arguments], capture_output=True, text=True, timeout=timeout)
 
 
-def ros2_lifecycle(*arguments: str) -> subprocess.CompletedProcess:
-    """`ros2 lifecycle ... --no-daemon`, again while it answers 'Node not found': it has no --timeout and looks
-    the node up right after its own discovery starts (a transition is only asked of a node it found)."""
+def ros2_until(found, *arguments: str) -> subprocess.CompletedProcess:
+    """`ros2 ...`, again until found(its output) holds (at most DEADLINE_S): with --no-daemon the verbs without a
+    --timeout (topic list, lifecycle) look at the graph after only --spin-time of their own discovery."""
     deadline = time.monotonic() + DEADLINE_S
     while True:
-        result = ros2("lifecycle", arguments[0], "--no-daemon", *arguments[1:])
-        if "Node not found" not in result.stdout + result.stderr or time.monotonic() > deadline:
+        result = ros2(*arguments)
+        if found(result.stdout + result.stderr) or time.monotonic() > deadline:
             return result
+
+
+def ros2_lifecycle(verb: str, *arguments: str) -> subprocess.CompletedProcess:
+    """`ros2 lifecycle VERB --no-daemon ...` once it has found the node (a transition is asked only then)."""
+    return ros2_until(lambda output: "Node not found" not in output, "lifecycle", verb, "--no-daemon",
+                      "--spin-time", "1", *arguments)
 
 
 class TestLaunchedNode(unittest.TestCase):
@@ -95,19 +101,22 @@ class TestLaunchedNode(unittest.TestCase):
         node = SPEC["node"]
         result = ros2("param", "set", "--no-daemon", "--timeout", "30", node, "class_names", "['road', 'car']")
         self.assertIn("Set parameter successful", result.stdout, result.stdout + result.stderr)
-        result = ros2("param", "set", "--no-daemon", node, "class_names", "5")  # refused, with the reason
+        # refused, with the reason
+        result = ros2("param", "set", "--no-daemon", "--timeout", "30", node, "class_names", "5")
         self.assertIn("Setting parameter failed: parameter class_names must be a list of str",
                       result.stdout + result.stderr)
-        result = ros2("param", "get", "--no-daemon", node, "class_names")  # the node is up, the list kept
+        # the node is up, the list kept
+        result = ros2("param", "get", "--no-daemon", "--timeout", "30", node, "class_names")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("road", result.stdout)
         self.assertIn("car", result.stdout)
         info = f"{node.rsplit('/', 1)[0]}/segmentation/info"
-        result = ros2("topic", "list", "--no-daemon")
+        result = ros2_until(lambda output: info in output.split(), "topic", "list", "--no-daemon", "--spin-time", "1")
         self.assertIn(info, result.stdout.split())
 
         # `ros2 topic echo --once` of the segmenter's output while this node sends it clouds
-        echo = subprocess.Popen(["ros2", "topic", "echo", "--once", "--no-daemon", info], stdout=subprocess.PIPE,
+        echo = subprocess.Popen(["ros2", "topic", "echo", "--once", "--no-daemon", info,
+                                 "clip2scene_ros/msg/SegmentationInfo"], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         try:
             self.spin_until(lambda: self.node.count_subscribers(info) > 0 or echo.poll() is not None,
