@@ -5,8 +5,10 @@
    100k-point cloud);
 2. end-to-end latency across processes, per mode: the sensor publisher stamps a sweep, the segmentation
    node segments it, this process receives SegmentationInfo (p50/p95/p99), and the node's memory;
-3. recorder throughput at 20 Hz with six cameras: pairs/s, MB/s, drops.
-    python benchmarks/node.py [--quick]
+3. recorder throughput at 20 Hz with six cameras: pairs/s, MB/s, drops;
+4. get_parameters during inference: how long the segmentation node's parameter service takes to answer
+   while its worker segments a slow sweep (asked once /diagnostics shows the worker busy).
+    python benchmarks/node.py [--quick] [--only overhead|end_to_end|recorder|parameters]
 """
 
 from __future__ import annotations
@@ -234,20 +236,93 @@ def recorder_rows(workdir: Path, seconds: float) -> list[dict]:
              "pairs_per_s": written / seconds, "mb_per_s": size / 1e6 / seconds}]
 
 
+def parameters_rows(workdir: Path, points: int, asks: int) -> list[dict]:
+    """get_parameters round trips from this process while the node segments one slow sweep of `points`."""
+    import rclpy
+    import torch
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.parameter_client import AsyncParameterClient
+    from sensor_msgs.msg import PointCloud2
+
+    from clip2scene_core import messages as conv
+    from clip2scene_core.data import open_source
+    from clip2scene_core.student.network import StudentConfig
+    from clip2scene_core.teacher import build_teacher
+    from clip2scene_core.train import Pretrainer, TrainConfig
+    from clip2scene_core.vocabulary import load_vocabulary
+    from clip2scene_ros import conversions
+    from clip2scene_ros.msg import SegmentationInfo
+
+    Pretrainer([list(open_source("synthetic:frames=2,seed=1,cameras=1,width=64,height=48"))],
+               build_teacher("noisy:0.0", load_vocabulary("nuscenes"), text_encoder="hash"),
+               StudentConfig(preset="tiny"), TrainConfig(epochs=1, batch_size=2, sweeps=1, max_paired=2000),
+               workdir / "tiny", torch.device("cpu"), progress=False).run()
+    rclpy.init()
+    node = rclpy.create_node("clip2scene_bench_parameters")
+    infos, busy = [], []
+    node.create_subscription(SegmentationInfo, "segmentation/info", infos.append, 10)
+    node.create_subscription(DiagnosticArray, "/diagnostics", lambda d: busy.extend(
+        kv.value for s in d.status for kv in s.values if kv.key == "segmenting_for_s" and float(kv.value) > 0), 10)
+    publisher = node.create_publisher(PointCloud2, "/lidar/points", 10)
+    client = AsyncParameterClient(node, "clip2scene_segmenter")
+    # Spread at random over 100 x 100 x 5 m, every point fills a voxel: a sweep of seconds on one thread.
+    cloud = (np.random.default_rng(0).random((points, 3)) * [100, 100, 5] - [50, 50, 2]).astype(np.float32)
+    samples = []
+    with open(workdir / "segmenter_parameters.log", "w") as log:
+        segmenter = start("clip2scene_ros.segment_node", "config/segment_node.yaml",
+                          {"checkpoint": str(workdir / "tiny" / "checkpoints" / "last.pt"), "threads": 1,
+                           "qos_reliability": "reliable"}, log)
+        spin_while(node, lambda: not (publisher.get_subscription_count() and client.services_are_ready()
+                                      and node.count_publishers("segmentation/info")), 120)
+        publisher.publish(conversions.cloud_msg(conv.encode_cloud(cloud), conversions.header(
+            node.get_clock().now().nanoseconds, "lidar")))
+        spin_while(node, lambda: not busy and not infos, 120)
+        while not infos and len(samples) < asks:  # only answers that came while the sweep was still segmented
+            started = time.perf_counter()
+            future = client.get_parameters(["class_names", "processing_budget_ms"])
+            spin_while(node, lambda: not future.done(), 30)
+            if future.done() and not infos:
+                samples.append((time.perf_counter() - started) * 1e3)
+        spin_while(node, lambda: not infos, 300)
+        stop(segmenter)
+    node.destroy_node()
+    rclpy.shutdown()
+    return [{"case": "get_parameters during inference", "points": points, "answers": len(samples),
+             "sweep_ms": infos[0].total_latency_ms if infos else None, **percentiles(samples),
+             "max_ms": max(samples, default=None)}]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", choices=("overhead", "end_to_end", "recorder", "parameters"),
+                        help="run this benchmark alone")
     args = parser.parse_args()
-    write("node_overhead", overhead_rows(repeats=5 if args.quick else 20),
-          {"note": "decode (PointCloud2 -> arrays), sync (one LiDAR + one camera), encode (labels -> PointCloud2)"})
+
+    def wanted(name: str) -> bool:
+        return args.only in (None, name)
+
+    if wanted("overhead"):
+        write("node_overhead", overhead_rows(repeats=5 if args.quick else 20),
+              {"note": "decode (PointCloud2 -> arrays), sync (one LiDAR + one camera), encode (labels -> "
+                       "PointCloud2)"})
     with tempfile.TemporaryDirectory() as folder:
-        write("node_end_to_end", end_to_end_rows(Path(folder), frames=6 if args.quick else 24, quick=args.quick),
-              {"note": "sweep stamped and published -> segmentation node -> labelled cloud received here, over DDS "
-                       "(shared memory, reliable, transient local), first 2 sweeps left out; in_node = header stamp "
-                       "of the sweep to output; 6 cameras 400x224 jpeg; student preset small; teacher = label "
-                       "images (hash text)"})
-        write("recorder", recorder_rows(Path(folder), seconds=3 if args.quick else 10),
-              {"note": "synthetic sweeps (~32k points) + six 400x224 jpeg cameras at 20 Hz, reliable QoS"})
+        if wanted("end_to_end"):
+            write("node_end_to_end", end_to_end_rows(Path(folder), frames=6 if args.quick else 24, quick=args.quick),
+                  {"note": "sweep stamped and published -> segmentation node -> labelled cloud received here, over "
+                           "DDS (shared memory, reliable, transient local), first 2 sweeps left out; in_node = header "
+                           "stamp of the sweep to output; 6 cameras 400x224 jpeg; student preset small; teacher = "
+                           "label images (hash text)"})
+        if wanted("recorder"):
+            write("recorder", recorder_rows(Path(folder), seconds=3 if args.quick else 10),
+                  {"note": "synthetic sweeps (~32k points) + six 400x224 jpeg cameras at 20 Hz, reliable QoS"})
+        if wanted("parameters"):
+            write("node_parameters_during_inference",
+                  parameters_rows(Path(folder), points=40_000, asks=5 if args.quick else 20),
+                  {"note": "get_parameters round trip from another process while the segmentation node's worker "
+                           "segments one slow sweep (tiny student, 1 thread, random points), asked once "
+                           "/diagnostics shows the worker busy; only answers received before the sweep's "
+                           "SegmentationInfo count"})
 
 
 if __name__ == "__main__":

@@ -55,6 +55,11 @@ def summary() -> list[tuple[str, str, str]]:
             rows.append((f"node end to end, {row['mode']}, {row['points'] // 1000}k points, 6 cameras",
                          f"p50 {row['p50_ms']:.0f} / p95 {row['p95_ms']:.0f} / p99 {row['p99_ms']:.0f} ms, "
                          f"{row['node_rss_mb']:.0f} MB", ""))
+    for row in load("node_parameters_during_inference").get("rows", []):
+        if row["p50_ms"] is not None:
+            rows.append((f"node get_parameters during inference ({row['points'] // 1000}k-point sweep of "
+                         f"{row['sweep_ms']:.0f} ms)", f"p50 {row['p50_ms']:.1f} / max {row['max_ms']:.1f} ms, "
+                         f"{row['answers']} answers", "< 200 ms"))
     for row in load("objects_timing").get("rows", []):
         rows.append((f"objects: clustering + boxes, {row['points'] // 1000}k points ({row['objects']} objects)",
                      f"{row['cluster_and_boxes_p50_ms']:.0f} ms (clustering {row['cluster_p50_ms']:.0f} ms)", ""))

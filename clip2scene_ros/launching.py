@@ -28,9 +28,10 @@ def launch_overrides(arguments: dict[str, str], booleans: tuple[str, ...] = ("us
     return overrides
 
 
-def node_from_params(executable: str, name: str, overridable: tuple[str, ...]):
+def node_from_params(executable: str, name: str, overridable: tuple[str, ...], condition=None):
     """A launch action starting clip2scene_ros's `executable` as node `name` in the `namespace` argument, with
-    the `params_file` argument and then the non-empty `overridable` arguments as its parameters."""
+    the `params_file` argument and then the non-empty `overridable` arguments as its parameters (where
+    `condition`, a launch condition, holds)."""
     from launch.actions import OpaqueFunction
     from launch.substitutions import LaunchConfiguration
     from launch_ros.actions import Node
@@ -41,4 +42,4 @@ def node_from_params(executable: str, name: str, overridable: tuple[str, ...]):
                      namespace=LaunchConfiguration("namespace"), output="screen",
                      parameters=[LaunchConfiguration("params_file"), launch_overrides(values)])]
 
-    return OpaqueFunction(function=start)
+    return OpaqueFunction(function=start, condition=condition)

@@ -92,6 +92,15 @@ def declare_all(node, params: list[Param]) -> SimpleNamespace:
     return SimpleNamespace(**{param.name: declare(node, param) for param in params})
 
 
+def current_values(node, params: list[Param]) -> SimpleNamespace:
+    """The declared parameters' values now, each checked (check_value): what a lifecycle node reads at configure."""
+    values = {}
+    for param in params:
+        value = node.get_parameter(param.name).value
+        values[param.name] = check_value(param, [] if value is None and isinstance(param.default, list) else value)
+    return SimpleNamespace(**values)
+
+
 def qos_profile(values: SimpleNamespace, prefix: str, depth: int) -> QoSProfile:
     """The QoS from parameters <prefix>reliability and <prefix>durability, each checked by name."""
     policies = {}

@@ -6,7 +6,8 @@ Segmenter), results come back out as messages. Outputs, relative to the node's n
                          then label (uint16, 65535 = unlabelled), score, and
                          query_similarity (float32 cosine, NaN: no feature) while the query parameter is set
   segmentation/colored   PointCloud2: x, y, z, rgb (RViz colours of the vocabulary)
-  segmentation/info      clip2scene_ros/SegmentationInfo: classes, colours, counts, mode, model, stage timings
+  segmentation/info      clip2scene_ros/SegmentationInfo: classes, colours, counts, mode, model, stage timings,
+                         latencies (from stamp, from arrival), dropped and stale sweep counts
   segmentation/overlay   sensor_msgs/Image: one camera with the labelled points drawn (publish_overlay)
   segmentation/objects, segmentation/label_info, segmentation/objects/markers, segmentation/query: the objects
                          of the thing classes and a text query's matches (see object_outputs)
@@ -19,12 +20,14 @@ whatever the worker is computing.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import sys
 import time
 
 import numpy as np
+import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
@@ -114,12 +117,17 @@ PARAMETERS = [
 ]
 
 
-class SegmentNode(Node):
-    abandoned = False  # set when shutdown left the worker computing: main() then exits without waiting
+class SegmentationMixin:
+    """The segmenter's work, shared by SegmentNode and the lifecycle SegmentLifecycleNode (both rclpy Nodes):
+    _configure loads the model and creates the outputs, _start_inputs/_stop_inputs subscribe and unsubscribe
+    the sensors, _release frees everything _configure made."""
 
-    def __init__(self):
-        super().__init__("clip2scene_segmenter")
-        v = declare_all(self, PARAMETERS)
+    abandoned = False  # set when shutdown left the worker computing: main() then exits without waiting
+    worker: LatestWorker | None = None
+    publishing = False  # outputs are published while the inputs run (a sweep in flight when they stop is not)
+
+    def _configure(self, v) -> None:
+        """Model, vocabulary, synchroniser, worker and outputs from the parameter values v (declare_all)."""
         self.mode, self.vocabulary_file = v.mode, v.vocabulary
         self.class_names, self.class_prompts = v.class_names, v.class_prompts
         self.publish_colored, self.publish_overlay, self.overlay_camera = v.publish_colored, v.publish_overlay, \
@@ -128,6 +136,7 @@ class SegmentNode(Node):
         self.max_age_ms, self.stale = v.max_age_ms, 0
         checkpoint, config_file, teacher_name = v.checkpoint, v.config_file, v.teacher
         camera_topics, offsets = v.camera_topics, v.camera_offsets_ms
+        self._base_publishers = set(self.publishers)  # the node's own (lifecycle events): _release keeps them
 
         config = load_config(config_file or None)
         self.device = resolve_device(v.device)
@@ -151,9 +160,12 @@ class SegmentNode(Node):
                 self.model_id = teacher.identity
         self.segmenter = Segmenter(self.vocabulary, self.mode, teacher=teacher, student=student)
         self.segmenter.set_query(v.query)
+        # The label-image teachers read a 2D segmenter's class-id images beside each camera.
+        self.label_images = label_images_name(teacher_name) if teacher is not None and teacher.name in (
+            "labels", "noisy") else None
 
         calibration = load_calibration(v.calibration_file)[0] if v.calibration_file else None
-        self.tf = self._subscribe_tf(v.tf_tolerance_ms) if camera_topics else None
+        self.tf = self._tf_tree(v.tf_tolerance_ms) if camera_topics else None
         if camera_topics and calibration is None and self.tf is None:
             self.get_logger().warning("camera_topics given without calibration_file (and without tf2_msgs for "
                                       "/tf_static): cameras cannot be placed and are ignored")
@@ -168,21 +180,7 @@ class SegmentNode(Node):
                                      tf=self.tf)
         self.next_vocabulary: Vocabulary | None = None  # validated by on_parameters, applied by the worker
         self.next_query: str | None = None  # the same: its text embedding is computed on the worker thread
-        self.worker = LatestWorker(self._segment, "clip2scene segmentation")
 
-        qos = qos_profile(v, "qos_", v.qos_depth)
-        self.create_subscription(PointCloud2, v.lidar_topic, self.on_cloud, qos)
-        label_images = label_images_name(teacher_name)
-        for topic, name in self.cameras.items():
-            kind = CompressedImage if topic.rstrip("/").endswith("/compressed") else Image
-            self.create_subscription(kind, topic, lambda msg, n=name: self.on_image(n, msg), qos)
-            namespace = camera_namespace(topic).rstrip("/")
-            self.create_subscription(CameraInfo, f"{namespace}/camera_info",
-                                     lambda msg, n=name: self.pipeline.add_camera_info(n, msg), qos)
-            if teacher is not None and teacher.name in ("labels", "noisy"):
-                # The label-image teachers read a 2D segmenter's class-id images beside each camera.
-                self.create_subscription(Image, f"{namespace}/{label_images}",
-                                         lambda msg, n=name: self.on_label_image(n, msg), qos)
         out = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
         self.points_pub = self.create_publisher(PointCloud2, "segmentation/points", out)
         self.colored_pub = self.create_publisher(PointCloud2, "segmentation/colored", out)
@@ -193,15 +191,53 @@ class SegmentNode(Node):
         self.debug_out = DebugOutputs(self, v.publish_debug)
         self.objects_out.check(self.vocabulary)  # thing_classes must name classes of the vocabulary
         self.objects_out.publish_label_info(self.vocabulary, conversions.header(self._now(), ""))
-        self.add_on_set_parameters_callback(self.on_parameters)
-        self.create_timer(0.01, self.on_poll)
-        self.create_timer(1.0, self.publish_diagnostics)
-        self.last_cloud = time.monotonic()
-        self.last_image = {name: self.last_cloud for name in self.cameras.values()}
+        self.worker = LatestWorker(self._segment, "clip2scene segmentation")
         self.last_latency_ms = self.last_arrival_latency_ms = 0.0
         self.warned: dict[str, float] = {}
         self.get_logger().info(f"{self.mode} mode on {v.lidar_topic} with {len(self.cameras)} cameras, vocabulary "
                                f"{self.vocabulary.name} ({len(self.vocabulary)} classes)")
+
+    def _start_inputs(self, v) -> None:
+        """Subscribe the LiDAR, cameras (and their camera_info, label images) and TF; start the timers."""
+        qos = qos_profile(v, "qos_", v.qos_depth)
+        inputs = [self.create_subscription(PointCloud2, v.lidar_topic, self.on_cloud, qos)]
+        for topic, name in self.cameras.items():
+            kind = CompressedImage if topic.rstrip("/").endswith("/compressed") else Image
+            inputs.append(self.create_subscription(kind, topic, lambda msg, n=name: self.on_image(n, msg), qos))
+            namespace = camera_namespace(topic).rstrip("/")
+            inputs.append(self.create_subscription(CameraInfo, f"{namespace}/camera_info",
+                                                   lambda msg, n=name: self.pipeline.add_camera_info(n, msg), qos))
+            if self.label_images:
+                inputs.append(self.create_subscription(Image, f"{namespace}/{self.label_images}",
+                                                       lambda msg, n=name: self.on_label_image(n, msg), qos))
+        if self.tf is not None:
+            inputs += self._subscribe_tf(self.tf)
+        self.inputs = inputs
+        self.input_timers = [self.create_timer(0.01, self.on_poll), self.create_timer(1.0, self.publish_diagnostics)]
+        self.last_cloud = time.monotonic()
+        self.last_image = {name: self.last_cloud for name in self.cameras.values()}
+        self.publishing = True
+
+    def _stop_inputs(self) -> None:
+        """Unsubscribe every input and stop the timers; a sweep being segmented now is not published."""
+        self.publishing = False
+        for subscription in getattr(self, "inputs", ()):
+            self.destroy_subscription(subscription)
+        for timer in getattr(self, "input_timers", ()):
+            self.destroy_timer(timer)
+        self.inputs, self.input_timers = [], []
+
+    def _release(self) -> None:
+        """Stop the worker, destroy the outputs and drop the model (and what CUDA cached for it)."""
+        self.close()
+        self.worker = None
+        base = getattr(self, "_base_publishers", set(self.publishers))
+        for publisher in [p for p in self.publishers if p not in base]:
+            self.destroy_publisher(publisher)
+        self.segmenter = self.pipeline = self.tf = None
+        gc.collect()
+        if getattr(self, "device", None) is not None and self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     # -- inputs -----------------------------------------------------------------------------------
 
@@ -235,24 +271,27 @@ class SegmentNode(Node):
         while self.pipeline.stats.notices:
             self.get_logger().info(self.pipeline.stats.notices.popleft())
 
-    def _subscribe_tf(self, tolerance_ms: float) -> TransformTree | None:
-        """The vehicle's /tf_static (mounts, from its URDF) and /tf (odom -> base_link) into a 10 s buffer, as
-        tf2's listeners subscribe; None where tf2_msgs is missing (the calibration file alone is used)."""
+    def _tf_tree(self, tolerance_ms: float) -> TransformTree | None:
+        """A 10 s buffer for the vehicle's /tf_static (mounts, from its URDF) and /tf (odom -> base_link);
+        None where tf2_msgs is missing (the calibration file alone is used)."""
         try:
-            from tf2_msgs.msg import TFMessage
+            import tf2_msgs.msg  # noqa: F401
         except ImportError:
             self.get_logger().info("tf2_msgs is not installed: extrinsics from calibration_file only, no ego motion")
             return None
-        tree = TransformTree(tolerance_ns=int(tolerance_ms * 1e6), buffer_ns=10_000_000_000)
+        return TransformTree(tolerance_ns=int(tolerance_ms * 1e6), buffer_ns=10_000_000_000)
+
+    def _subscribe_tf(self, tree: TransformTree) -> list:
+        """/tf and /tf_static into tree, subscribed as tf2's listeners subscribe."""
+        from tf2_msgs.msg import TFMessage
 
         def add(msg, static: bool) -> None:
             try:
                 add_tf_message(tree, msg, static)
             except ValueError as error:  # a NaN transform or quaternion
                 self._warn(f"{'/tf_static' if static else '/tf'}: {error}; transform ignored")
-        self.create_subscription(TFMessage, "/tf", lambda msg: add(msg, False), TF_QOS)
-        self.create_subscription(TFMessage, "/tf_static", lambda msg: add(msg, True), TF_STATIC_QOS)
-        return tree
+        return [self.create_subscription(TFMessage, "/tf", lambda msg: add(msg, False), TF_QOS),
+                self.create_subscription(TFMessage, "/tf_static", lambda msg: add(msg, True), TF_STATIC_QOS)]
 
     def _submit(self, released: list) -> None:
         """Hand released sweeps to the worker: only the newest of them waits there (the rest are dropped)."""
@@ -279,7 +318,7 @@ class SegmentNode(Node):
                        f"{self.max_age_ms:.0f}); dropped as stale")
             return
         result = self.pipeline.process(group, released_ns)
-        if result is not None and not self.worker.stopping:
+        if result is not None and self.publishing and not self.worker.stopping:
             self._publish(result)
 
     def _warn(self, text: str) -> None:
@@ -326,8 +365,8 @@ class SegmentNode(Node):
 
     def close(self) -> None:
         """Stop the worker; one still inside a long inference is abandoned (see main)."""
-        if not self.worker.stop(timeout_s=1.0):
-            SegmentNode.abandoned = True
+        if self.worker is not None and not self.worker.stop(timeout_s=1.0):
+            SegmentationMixin.abandoned = True
             self.get_logger().warning("shutting down while a sweep is still being segmented; it is abandoned")
 
     # -- outputs ----------------------------------------------------------------------------------
@@ -373,7 +412,8 @@ class SegmentNode(Node):
             class_point_counts=[int(c) for c in counts], num_points=len(segmentation.labels),
             num_unlabelled=int((segmentation.labels == IGNORE).sum()), mode=self.mode, model=self.model_id,
             stage_names=list(timings), stage_latencies_ms=[float(v) for v in timings.values()],
-            total_latency_ms=float(total_ms))
+            total_latency_ms=float(total_ms), arrival_latency_ms=float(self.last_arrival_latency_ms),
+            dropped_clouds=self.worker.dropped, stale_clouds=self.stale)
 
     def publish_diagnostics(self) -> None:
         stats = self.pipeline.stats
@@ -405,9 +445,20 @@ class SegmentNode(Node):
         self.diagnostics_pub.publish(DiagnosticArray(header=conversions.header(self._now(), ""), status=[status]))
 
 
-def main(args=None) -> None:
-    code = run(SegmentNode, args)
-    if SegmentNode.abandoned:
+class SegmentNode(SegmentationMixin, Node):
+    """The segmenter as a plain node: configured and running from construction."""
+
+    def __init__(self):
+        super().__init__("clip2scene_segmenter")
+        v = declare_all(self, PARAMETERS)
+        self._configure(v)
+        self.add_on_set_parameters_callback(self.on_parameters)
+        self._start_inputs(v)
+
+
+def main(args=None, node_class=SegmentNode) -> None:
+    code = run(node_class, args)
+    if SegmentationMixin.abandoned:
         # The worker is inside an inference that may take many seconds more: end without waiting for it
         # (and without interpreter teardown racing the thread). Everything published is already sent.
         sys.stdout.flush()

@@ -176,7 +176,12 @@ def test_stale_sweeps_are_dropped_latency_is_from_the_stamp_and_debug_topics_on_
     latency_topic = "/clip2scene_segmenter/debug/pipeline_latency_ms"
     decode_topic = "/clip2scene_segmenter/debug/processing_time_ms/decode"
     infos, diagnostics, latencies, decodes = [], [], [], []
-    ros_node.create_subscription(SegmentationInfo, "segmentation/info", infos.append, 20)
+    received_ns = {}  # id(info) -> when DDS received it here (the system clock, as the node's)
+
+    def on_info(info, message_info) -> None:
+        received_ns[id(info)] = message_info["received_timestamp"]
+        infos.append(info)
+    ros_node.create_subscription(SegmentationInfo, "segmentation/info", on_info, 20)
     ros_node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 20)
     ros_node.create_subscription(Float64, latency_topic, latencies.append, 20)
     ros_node.create_subscription(Float64, decode_topic, decodes.append, 20)
@@ -200,7 +205,8 @@ def test_stale_sweeps_are_dropped_latency_is_from_the_stamp_and_debug_topics_on_
 
     with node_process("clip2scene_ros.segment_node", "config/segment_node.yaml",
                       node_parameters(checkpoint, calibration, camera_topics="[]", qos_durability="volatile",
-                                      max_age_ms=10000.0), tmp_path / "segmenter.log") as segmenter:
+                                      max_age_ms=10000.0, qos_depth=10),  # room for the whole burst
+                      tmp_path / "segmenter.log") as segmenter:
         spin_until(ros_node, lambda: publisher.get_subscription_count() > 0
                    and ros_node.count_publishers("segmentation/info") > 0, 60, "the segmenter", [segmenter])
         assert ros_node.count_publishers(latency_topic) == 0  # publish_debug is off: no debug topics at all
@@ -228,6 +234,28 @@ def test_stale_sweeps_are_dropped_latency_is_from_the_stamp_and_debug_topics_on_
         spin_until(ros_node, lambda: any(i.total_latency_ms > 59_000 for i in infos), 60, "the old cloud segmented",
                    [segmenter])
         assert value("stale_clouds") == 1 and segmenter.poll() is None
+        # Every cloud sent so far is settled (segmented or dropped): the last one sent was just segmented.
+        before = infos[-1]
+        assert before.stale_clouds == 1 and before.arrival_latency_ms <= before.total_latency_ms
+
+        # A burst of 10: the worker segments the one it is given first and the newest; the 8 or 9 between are
+        # replaced while they wait, and SegmentationInfo counts them.
+        burst = [cloud(0.0) for _ in range(10)]
+        stamps = [conv.stamp_to_ns(message.header.stamp) for message in burst]
+        for message in burst:
+            publisher.publish(message)
+        spin_until(ros_node, lambda: any(conv.stamp_to_ns(i.header.stamp) == stamps[-1] for i in infos), 60,
+                   "the newest cloud of the burst segmented", [segmenter])
+        outputs = [i for i in infos if conv.stamp_to_ns(i.header.stamp) in stamps]
+        assert 1 <= len(outputs) <= 2, [conv.stamp_to_ns(i.header.stamp) for i in outputs]
+        last = outputs[-1]
+        assert last.dropped_clouds - before.dropped_clouds == 10 - len(outputs), (last.dropped_clouds,
+                                                                                   before.dropped_clouds)
+        assert last.stale_clouds == 1
+        for info in outputs:  # the latency reported is the one a subscriber sees: its receipt less the stamp
+            received_ms = (received_ns[id(info)] - conv.stamp_to_ns(info.header.stamp)) * 1e-6
+            assert abs(received_ms - info.total_latency_ms) < 50.0, (received_ms, info.total_latency_ms)
+            assert 0.0 < info.arrival_latency_ms <= info.total_latency_ms
 
 
 
@@ -270,3 +298,51 @@ def test_extrinsics_from_tf_static_without_a_calibration_file(ros_node, checkpoi
     for camera in ("cam_front", "cam_front_right"):
         assert f"camera {camera}: {camera} -> lidar from /tf_static" in text, text
     assert "cannot be placed" not in text and "image not used" not in text, text
+
+
+def test_parameter_service_answers_while_a_slow_sweep_is_segmented(ros_node, checkpoint, calibration, tmp_path):
+    """Ordering, not timing: the worker is seen busy on /diagnostics, then get_parameters is asked and answered
+    before that sweep's SegmentationInfo comes (a node segmenting on its executor answers after it)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.parameter_client import AsyncParameterClient
+    from sensor_msgs.msg import PointCloud2
+
+    from clip2scene_ros import conversions
+    from clip2scene_ros.msg import SegmentationInfo
+
+    infos, busy = [], []
+    ros_node.create_subscription(SegmentationInfo, "segmentation/info", infos.append, 20)
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics", lambda d: busy.extend(
+        float(kv.value) for s in d.status for kv in s.values if kv.key == "segmenting_for_s" and float(kv.value) > 0),
+        20)
+    publisher = ros_node.create_publisher(PointCloud2, "/lidar/points", 10)
+    def slow_cloud(count: int):
+        # Points spread at random over 100 x 100 x 5 m fill a voxel each: 40k are 1-3 s of work for the tiny
+        # student on one thread, long enough for a 1 Hz diagnostic to fall inside it (on a faster machine, 4x more).
+        points = (np.random.default_rng(0).random((count, 3)) * [100, 100, 5] - [50, 50, 2]).astype(np.float32)
+        stamp = ros_node.get_clock().now().nanoseconds
+        return conversions.cloud_msg(conv.encode_cloud(points), conversions.header(stamp, "lidar"))
+
+    with node_process("clip2scene_ros.segment_node", "config/segment_node.yaml",
+                      node_parameters(checkpoint, calibration, camera_topics="[]", qos_durability="volatile",
+                                      threads=1), tmp_path / "segmenter.log") as segmenter:
+        client = AsyncParameterClient(ros_node, "clip2scene_segmenter")
+        spin_until(ros_node, lambda: publisher.get_subscription_count() > 0 and client.services_are_ready()
+                   and ros_node.count_publishers("segmentation/info") > 0, 60, "the segmenter", [segmenter])
+        for count in (40_000, 160_000):
+            cloud = slow_cloud(count)
+            publisher.publish(cloud)
+            spin_until(ros_node, lambda: bool(busy) or bool(infos), 60, "the worker busy on /diagnostics",
+                       [segmenter])
+            if busy and not infos:
+                break
+            spin_until(ros_node, lambda: bool(infos), 120, "the sweep segmented", [segmenter])
+            busy.clear()
+            infos.clear()
+        assert busy and not infos, "every sweep was segmented before a diagnostic saw the worker busy"
+        future = client.get_parameters(["class_names", "processing_budget_ms"])
+        spin_until(ros_node, lambda: future.done() or bool(infos), 60, "get_parameters or the sweep", [segmenter])
+        assert future.done() and not infos, "get_parameters was answered only after the sweep was segmented"
+        assert future.result().values[1].double_value == 100.0
+        spin_until(ros_node, lambda: bool(infos), 120, "the slow sweep segmented", [segmenter])
+        assert infos[0].header.stamp == cloud.header.stamp and infos[0].num_points == count
