@@ -387,9 +387,9 @@ def test_the_soak_slope_follows_the_floor_not_the_spikes(monkeypatch):
 
 @pytest.mark.timeout(1800)
 def test_soak_memory_stays_flat(tmp_path):
-    """The segmentation node fed 3,000 clouds at 50 Hz (60 s; it drops what it cannot keep up with); the slope of its memory's floor is reported
-    (`python benchmarks/soak.py` runs 10,000). The floor in the second half was flat from the first few hundred
-    messages on in a 5,000-message run."""
+    """The segmentation node fed 3,000 clouds at 50 Hz (60 s; it drops what it cannot keep up with); the slope of
+    its memory's floor is reported (`python benchmarks/soak.py` runs 10,000). The floor in the second half was flat
+    from the first few hundred messages on in a 5,000-message run."""
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--messages", "3000",
                              "--rate", "50", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
                             timeout=1500)
