@@ -10,8 +10,11 @@ same held-out drives, over all points and over points some camera sees); each ro
   + consolidation      pseudo labels voted across each drive's frames in a world voxel map
   + distillation       1 - cos(point feature, pixel feature)
   3 sweeps + ST + consolidation, no self-training   (not cumulative: the row above without two of its parts)
+  MCFA alignment, 1 sweep   (not cumulative: the semantic row + MCFA's local and global alignment)
     python benchmarks/ablation.py [--train-drives 8] [--frames 4] [--seeds 3] [--epochs 6] [--rows 1,2]
 Finished (row, seed) runs are kept in build/ablation/runs.json: an interrupted run picks up where it stopped.
+Without a ledger, the runs of results/ablation.json (same settings) seed it, so a new row is merged into the
+results without rerunning the others (their per-class IoU then comes from that file).
 On 2 cores, run one process per seed with one thread each (two processes with two threads each thrash):
     for s in 0 1 2; do OMP_NUM_THREADS=1 python benchmarks/ablation.py --only-seeds $s & done; wait
     python benchmarks/ablation.py          # summarises the ledger into results/ablation.json
@@ -32,7 +35,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write  # noqa: E402
+from common import RESULTS, write  # noqa: E402
 
 from clip2scene_core.data import FrameList, open_source  # noqa: E402
 from clip2scene_core.evaluate import evaluate_source  # noqa: E402
@@ -53,6 +56,10 @@ ROWS = [
     ("+ distillation", dict(distill_weight=1.0)),
     # Not a step of the paper's table: consolidation without self-training (which the rows above show hurts).
     ("3 sweeps + ST + consolidation, no self-training", dict(self_training=False, distill_weight=0.0)),
+    # MCFA (Wang et al. 2023): the semantic row (output-level alignment) + local position alignment (1 - cos to the
+    # pixel feature) + global semantic alignment (camera-pooled points against the image embedding), weights 1.
+    ("MCFA alignment (semantic + local + global), 1 sweep",
+     dict(sweeps=1, spatial_temporal=False, consolidate=False, distill_weight=1.0, global_weight=1.0)),
 ]
 
 
@@ -102,14 +109,24 @@ def mean_or_none(values: list) -> float | None:
     return round(statistics.fmean(known), 1) if known else None
 
 
-def record(ledger: Path, settings: dict, key: str | None = None, run: dict | None = None) -> dict:
+def previous_results(name: str, settings: dict) -> dict:
+    """results/NAME.json when it was measured with these settings, else {}."""
+    path = RESULTS / f"{name}.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    return previous if previous.get("settings") == settings else {}
+
+
+def record(ledger: Path, settings: dict, key: str | None = None, run: dict | None = None,
+           seed_from: str | None = None) -> dict:
     """The finished runs of these settings, with `run` added under `key`; read and written under a lock, so that
-    several processes (one per seed) can share one ledger."""
+    several processes (one per seed) can share one ledger. A missing ledger starts from the runs of
+    results/SEED_FROM.json when those had the same settings."""
     with open(ledger.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         done = json.loads(ledger.read_text()) if ledger.exists() else {}
         if done.get("settings") != settings:
-            done = {"settings": settings, "runs": {}}
+            runs = previous_results(seed_from, settings).get("runs", {}) if seed_from else {}
+            done = {"settings": settings, "runs": dict(runs)}
         if key is not None:
             done["runs"][key] = run
             temporary = ledger.with_suffix(".tmp")
@@ -149,7 +166,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("rows", "out", "only_seeds")}
     ledger = work / "runs.json"
-    done = record(ledger, settings)
+    done = record(ledger, settings, seed_from="ablation")
+    earlier_per_class = previous_results("ablation", settings).get("per_class_iou_all_points", {})
 
     started = time.perf_counter()
     train = [FrameList(drive(seed, args.frames, args.step, 2, args.sensors)) for seed in range(args.train_drives)]
@@ -195,7 +213,10 @@ def main() -> None:
         name = ROWS[number][0]
         runs = [done["runs"][f"{name}|{seed}"] for seed in range(args.seeds)]
         rows.append(summarise(name, runs))
-        per_class[name] = {c: mean_or_none([r["per_class_all"][c] for r in runs]) for c in vocabulary.names}
+        if all("per_class_all" in r for r in runs):
+            per_class[name] = {c: mean_or_none([r["per_class_all"][c] for r in runs]) for c in vocabulary.names}
+        else:  # runs merged from an earlier results file keep its per-class means
+            per_class[name] = earlier_per_class.get(name)
     write("ablation", rows, {"settings": settings, "per_class_iou_all_points": per_class,
                              "runs": {k: {m: v for m, v in r.items() if m != "per_class_all"}
                                       for k, r in done["runs"].items()},
@@ -204,7 +225,8 @@ def main() -> None:
                                                    "held_out": class_mix(test, vocabulary)},
                              "world": f"synthetic, {args.sensors}, 6 cameras; train seeds 0..{args.train_drives - 1}, "
                                       f"held-out seeds 100..{99 + args.test_drives}, "
-                                      f"frames {args.step * 0.1:.1f} s apart"})
+                                      f"frames {args.step * 0.1:.1f} s apart"},
+          out=work if args.quick else None)  # a smoke run leaves the measured results alone
 
 
 if __name__ == "__main__":

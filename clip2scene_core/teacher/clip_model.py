@@ -218,15 +218,28 @@ class DenseClipEncoder(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x, grid = self._tokens(images)
-        x = self._blocks(x, self.visual.transformer.resblocks[:-1])
+        return self._dense(self._blocks(x, self.visual.transformer.resblocks[:-1]), grid)
+
+    def _dense(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Tokens after all blocks but the last -> (B, D, gh, gw) unit dense features (the value path)."""
         x = self._last_block_value_path(x)
         x = self.visual.ln_post(x[:, 1:]) @ self.visual.proj
         x = F.normalize(x.float(), dim=-1)
         return x.transpose(1, 2).reshape(x.shape[0], -1, *grid)
 
-    def pooled(self, images: torch.Tensor) -> torch.Tensor:
-        """The ordinary CLIP image embedding (class token through every block), for checks."""
-        x, _ = self._tokens(images)
-        x = self._blocks(x, self.visual.transformer.resblocks)
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens after all blocks but the last -> (B, D) CLIP image embedding (the last block as trained)."""
+        x = self._blocks(x, self.visual.transformer.resblocks[-1:])
         pooled, _ = self.visual._pool(x)
         return pooled @ self.visual.proj
+
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        """The ordinary CLIP image embedding (class token through every block), not normalised."""
+        x, _ = self._tokens(images)
+        return self._pool(self._blocks(x, self.visual.transformer.resblocks[:-1]))
+
+    def dense_and_pooled(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward's dense features and the pooled image embedding, sharing every block but the last."""
+        x, grid = self._tokens(images)
+        x = self._blocks(x, self.visual.transformer.resblocks[:-1])
+        return self._dense(x, grid), self._pool(x)

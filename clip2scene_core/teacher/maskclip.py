@@ -67,8 +67,9 @@ class DenseOutput(TeacherOutput):
     """Feature grids (B, D, gh, gw) over the crops; queried by bilinear sampling at original pixels."""
 
     def __init__(self, features: torch.Tensor, geometries: list[_CropGeometry], crop_size: tuple[int, int],
-                 text_embeddings: torch.Tensor, logit_scale: float):
+                 text_embeddings: torch.Tensor, logit_scale: float, pooled: torch.Tensor | None = None):
         self.features = features
+        self.pooled = pooled
         self.geometries = geometries
         self.crop_size = crop_size
         self.text_embeddings = text_embeddings.to(features.device, features.dtype)
@@ -96,6 +97,11 @@ class DenseOutput(TeacherOutput):
         labels = torch.where(inside, labels, torch.full_like(labels, -1))
         confidence = torch.where(inside, confidence, torch.zeros_like(confidence))
         return PixelPredictions(features * inside[:, None], labels, confidence)
+
+    def image_embeddings(self) -> torch.Tensor:
+        if self.pooled is None:
+            raise ValueError("this DenseOutput was built without the pooled image embeddings")
+        return F.normalize(self.pooled.float(), dim=1)
 
     def label_image(self, camera_index: int) -> np.ndarray:
         geometry = self.geometries[camera_index]
@@ -128,12 +134,14 @@ class MaskClipTeacher(Teacher):
 
     @torch.no_grad()
     def predict(self, cameras: list[Camera]) -> DenseOutput:
-        chunks, geometries = [], []
+        chunks, pooled, geometries = [], [], []
         for start in range(0, len(cameras), self.camera_batch):
             images = [camera.image for camera in cameras[start:start + self.camera_batch]]
             x, geometry = preprocess(images, self.config.image_size, self.config.resize, self.mean, self.std,
                                      self.device)
-            chunks.append(self.encoder(x.to(self.dtype)))
+            dense, image = self.encoder.dense_and_pooled(x.to(self.dtype))
+            chunks.append(dense)
+            pooled.append(image)
             geometries += geometry
         return DenseOutput(torch.cat(chunks), geometries, self.config.image_size, self.text_embeddings,
-                           self.logit_scale)
+                           self.logit_scale, torch.cat(pooled))
