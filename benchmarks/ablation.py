@@ -94,9 +94,10 @@ def scores(evaluation, vocabulary) -> dict:
                               for name, iou in zip(vocabulary.names, evaluation.all_points.iou())}}
 
 
-def summarise(name: str, runs: list[dict]) -> dict:
+def summarise(name: str, runs: list[dict], keys=("miou_all", "miou_in_view")) -> dict:
+    """Mean and sample standard deviation of each key over the runs (seeds) of one row."""
     row = {"row": name, "seeds": len(runs)}
-    for key in ("miou_all", "miou_in_view"):
+    for key in keys:
         values = [r[key] for r in runs]
         row[key] = statistics.fmean(values)
         row[key + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -135,21 +136,26 @@ def record(ledger: Path, settings: dict, key: str | None = None, run: dict | Non
     return done
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-drives", type=int, default=8)
+def world_arguments(parser: argparse.ArgumentParser, train_drives: int, frames: int, epochs: int) -> None:
+    """The drives, teacher, student and budget options both ablations (this one and seen_unseen.py) take."""
+    parser.add_argument("--train-drives", type=int, default=train_drives)
     parser.add_argument("--test-drives", type=int, default=3)
-    parser.add_argument("--frames", type=int, default=4, help="frames per training drive")
+    parser.add_argument("--frames", type=int, default=frames, help="frames per training drive")
     parser.add_argument("--test-frames", type=int, default=6, help="frames per held-out drive")
     parser.add_argument("--step", type=int, default=8, help="frames are step x 0.1 s apart (8: 6.4 m at 8 m/s)")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--noise", type=float, default=0.3, help="noisy teacher rate")
     parser.add_argument("--preset", default="small")
     parser.add_argument("--voxel", type=float, default=0.2, help="voxel edge in metres (0.2: the synthetic world's "
                         "objects are large, and it halves the CPU cost of 0.1)")
     parser.add_argument("--max-paired", type=int, default=3000, help="loss points per sweep and kind")
     parser.add_argument("--sensors", default="width=200,height=112,beams=16", help="synthetic camera and LiDAR options")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    world_arguments(parser, train_drives=8, frames=4, epochs=6)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a train option for every row, e.g. --set lr=0.005 (YAML values)")
     parser.add_argument("--rows", help="comma-separated row numbers to run, 1-based (default all)")

@@ -18,7 +18,6 @@ seeds are the outer loop, so a stopped run has whole seeds of every row.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation import class_mix, drive, mean_or_none, record  # noqa: E402
+from ablation import class_mix, drive, mean_or_none, record, summarise, world_arguments  # noqa: E402
 from common import write  # noqa: E402
 
 from clip2scene_core.data import FrameList  # noqa: E402
@@ -58,31 +57,10 @@ def scores(evaluation) -> dict:
     return result
 
 
-def summarise(name: str, runs: list[dict]) -> dict:
-    row = {"row": name, "seeds": len(runs)}
-    for key in [f"{m}_{where}" for where in ("all", "in_view") for m in METRICS]:
-        values = [r[key] for r in runs]
-        row[key] = statistics.fmean(values)
-        row[key + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-    row["train_s"] = statistics.fmean(r["train_s"] for r in runs)
-    return row
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-drives", type=int, default=6)
-    parser.add_argument("--test-drives", type=int, default=3)
-    parser.add_argument("--frames", type=int, default=3, help="frames per training drive")
-    parser.add_argument("--test-frames", type=int, default=6, help="frames per held-out drive")
-    parser.add_argument("--step", type=int, default=8, help="frames are step x 0.1 s apart")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--noise", type=float, default=0.3, help="noisy teacher rate")
+    world_arguments(parser, train_drives=6, frames=3, epochs=5)
     parser.add_argument("--split", default="unseen4", help="zero-shot split of the nuScenes vocabulary")
-    parser.add_argument("--preset", default="small")
-    parser.add_argument("--voxel", type=float, default=0.2)
-    parser.add_argument("--max-paired", type=int, default=3000, help="loss points per sweep and kind")
-    parser.add_argument("--sensors", default="width=200,height=112,beams=16")
     parser.add_argument("--out", default="build/seen_unseen", help="working folder (checkpoints, finished runs)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 drives of 2 frames, 1 seed, 1 epoch")
     args = parser.parse_args()
@@ -134,7 +112,7 @@ def main() -> None:
                   flush=True)
     for name, _ in ROWS:
         runs = [done["runs"][f"{name}|{seed}"] for seed in range(args.seeds)]
-        rows.append(summarise(name, runs))
+        rows.append(summarise(name, runs, [f"{m}_{where}" for where in ("all", "in_view") for m in METRICS]))
         per_class[name] = {c: mean_or_none([r["per_class_all"][c] for r in runs]) for c in vocabulary.names}
     write("seen_unseen", rows, {"settings": settings, "seen_classes": seen, "unseen_classes": unseen,
                                 "per_class_iou_all_points": per_class,
