@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import UsageError
 from .frame import Camera, Frame
 from .geometry import aggregate_sweeps, project, transform_points, voxelize
-from .errors import UsageError
 from .teacher import Teacher, predict_points
 from .vocabulary import IGNORE, class_mask
 
@@ -131,10 +131,10 @@ def seen_unseen_labels(frame: Frame, pairing: Pairing, labels: np.ndarray, seen:
 
     labels: (N,) the pseudo labels so far; seen: (C,) bool over the teacher's vocabulary.
     """
-    sweeps = ([frame] + list(frame.sweeps))[:int(pairing.sweep_index.max(initial=0)) + 1]
     if frame.labels is None:
         raise UsageError(f"frame {frame.name!r} has no per-point labels: train.seen_classes (--seen-classes) "
                          f"trains seen classes from ground truth; use a labelled source or no seen classes")
+    sweeps = ([frame] + list(frame.sweeps))[:int(pairing.sweep_index.max(initial=0)) + 1]
     to_class, text = teacher.vocabulary.raw_to_class, teacher.text_embeddings
     truth = np.concatenate([to_class(s.labels) if s.labels is not None else np.full(len(s), -2, np.int64)
                             for s in sweeps])

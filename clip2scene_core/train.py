@@ -124,6 +124,9 @@ class TrainConfig:
                     "rotation_deg", "occlusion_tolerance", "global_weight", "global_min_points"):
             if getattr(self, key) is not None and not getattr(self, key) >= 0:
                 raise ValueError(f"train.{key} must not be negative, got {getattr(self, key)}")
+        if self.self_training and self.seen_classes:
+            raise ValueError("train.self_training with train.seen_classes would replace seen classes' ground truth "
+                             "with the mean teacher's labels; switch one of them off")
         if self.consolidation_min_views < 1:
             raise ValueError(f"train.consolidation_min_views must be at least 1, got {self.consolidation_min_views}")
         for key in ("self_training_share", "self_training_probability", "ema_decay", "self_training_start"):

@@ -187,3 +187,5 @@ def test_alignment_options_are_checked_by_name():
         TrainConfig(global_tau=0.0)
     with pytest.raises(ValueError, match="train.global_weight must not be negative"):
         TrainConfig(global_weight=-1.0)
+    with pytest.raises(ValueError, match="train.self_training with train.seen_classes"):
+        TrainConfig(self_training=True, seen_classes=("car",))
