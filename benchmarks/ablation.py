@@ -120,16 +120,19 @@ def previous_results(name: str, settings: dict) -> dict:
 def record(ledger: Path, settings: dict, key: str | None = None, run: dict | None = None,
            seed_from: str | None = None) -> dict:
     """The finished runs of these settings, with `run` added under `key`; read and written under a lock, so that
-    several processes (one per seed) can share one ledger. A missing ledger starts from the runs of
-    results/SEED_FROM.json when those had the same settings."""
+    several processes (one per seed) can share one ledger. Runs of results/SEED_FROM.json with the same settings
+    that the ledger lacks are added to it (an earlier measurement merged, not rerun)."""
     with open(ledger.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         done = json.loads(ledger.read_text()) if ledger.exists() else {}
         if done.get("settings") != settings:
-            runs = previous_results(seed_from, settings).get("runs", {}) if seed_from else {}
-            done = {"settings": settings, "runs": dict(runs)}
+            done = {"settings": settings, "runs": {}}
+        earlier = previous_results(seed_from, settings).get("runs", {}) if seed_from else {}
+        merged = {name: value for name, value in earlier.items() if name not in done["runs"]}
+        done["runs"].update(merged)
         if key is not None:
             done["runs"][key] = run
+        if key is not None or merged:
             temporary = ledger.with_suffix(".tmp")
             temporary.write_text(json.dumps(done, indent=1))
             temporary.replace(ledger)
