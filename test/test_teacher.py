@@ -62,12 +62,12 @@ def test_pooled_path_reproduces_encode_image(model):
     assert torch.allclose(DenseClipEncoder(model.visual).pooled(images), model.encode_image(images), atol=1e-6)
 
 
-def test_dense_and_pooled_share_the_blocks_and_match_their_single_paths(model):
+def test_dense_and_pooled_paths_share_the_tokens_before_the_last_block(model):
     encoder = DenseClipEncoder(model.visual)
-    images = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(2))
-    dense, pooled = encoder.dense_and_pooled(images)
-    assert torch.allclose(dense, encoder(images), atol=1e-6)
-    assert torch.allclose(pooled, encoder.pooled(images), atol=1e-6)
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    tokens, grid = encoder.tokens(images)
+    assert torch.allclose(encoder.dense(tokens, grid), encoder(images), atol=1e-6)
+    assert torch.allclose(encoder.pool(tokens), model.encode_image(images), atol=1e-6)
 
 
 def test_positional_embedding_resampling(model):
