@@ -139,6 +139,15 @@ def record(ledger: Path, settings: dict, key: str | None = None, run: dict | Non
     return done
 
 
+def about_world(args, train: list, test, vocabulary) -> dict:
+    """What a results file says of the teacher, the drives and their class mix."""
+    return {"teacher": f"noisy:{args.noise} (hash text embeddings)",
+            "class_mix_percent": {"train": class_mix([f for t in train for f in t], vocabulary),
+                                  "held_out": class_mix(test, vocabulary)},
+            "world": f"synthetic, {args.sensors}, 6 cameras; train seeds 0..{args.train_drives - 1}, held-out seeds "
+                     f"100..{99 + args.test_drives}, frames {args.step * 0.1:.1f} s apart"}
+
+
 def world_arguments(parser: argparse.ArgumentParser, train_drives: int, frames: int, epochs: int) -> None:
     """The drives, teacher, student and budget options both ablations (this one and seen_unseen.py) take."""
     parser.add_argument("--train-drives", type=int, default=train_drives)
@@ -229,12 +238,7 @@ def main() -> None:
     write("ablation", rows, {"settings": settings, "per_class_iou_all_points": per_class,
                              "runs": {k: {m: v for m, v in r.items() if m != "per_class_all"}
                                       for k, r in done["runs"].items()},
-                             "teacher": f"noisy:{args.noise} (hash text embeddings)",
-                             "class_mix_percent": {"train": class_mix([f for t in train for f in t], vocabulary),
-                                                   "held_out": class_mix(test, vocabulary)},
-                             "world": f"synthetic, {args.sensors}, 6 cameras; train seeds 0..{args.train_drives - 1}, "
-                                      f"held-out seeds 100..{99 + args.test_drives}, "
-                                      f"frames {args.step * 0.1:.1f} s apart"},
+                             **about_world(args, train, test, vocabulary)},
           out=work if args.quick else None)  # a smoke run leaves the measured results alone
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation import class_mix, drive, mean_or_none, record, summarise, world_arguments  # noqa: E402
+from ablation import about_world, drive, mean_or_none, record, summarise, world_arguments  # noqa: E402
 from common import write  # noqa: E402
 
 from clip2scene_core.data import FrameList  # noqa: E402
@@ -118,12 +118,7 @@ def main() -> None:
                                 "per_class_iou_all_points": per_class,
                                 "runs": {k: {m: v for m, v in r.items() if m != "per_class_all"}
                                          for k, r in done["runs"].items()},
-                                "teacher": f"noisy:{args.noise} (hash text embeddings)",
-                                "class_mix_percent": {"train": class_mix([f for t in train for f in t], vocabulary),
-                                                      "held_out": class_mix(test, vocabulary)},
-                                "world": f"synthetic, {args.sensors}, 6 cameras; train seeds 0..{args.train_drives - 1}"
-                                         f", held-out seeds 100..{99 + args.test_drives}, frames "
-                                         f"{args.step * 0.1:.1f} s apart"},
+                                **about_world(args, train, test, vocabulary)},
           out=work if args.quick else None)
 
 
