@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["teacher", "student", "node", "recording", "objects", "soak", "ablation"]
+BENCHMARKS = ["teacher", "student", "node", "recording", "objects", "soak", "ablation", "seen_unseen"]
 
 
 def load(name: str) -> dict:
@@ -82,6 +82,13 @@ def summary() -> list[tuple[str, str, str]]:
         spread = f" +- {row['miou_all_std']:.1f}" if seeds > 1 else ""
         rows.append((f"ablation: {row['row']}", f"mIoU {row['miou_all']:.1f}{spread} all / {row['miou_in_view']:.1f} "
                      f"in view" + (f", {seeds} seeds" if seeds > 1 else ""), ""))
+    for row in load("seen_unseen").get("rows", []):
+        seeds = row.get("seeds", 1)
+        figure = ", ".join(f"{label} {row[key + '_all']:.1f}" + (f" +- {row[key + '_all_std']:.1f}" if seeds > 1
+                                                                  else "")
+                           for key, label in (("seen_miou", "seen"), ("unseen_miou", "unseen"), ("hiou", "hIoU")))
+        rows.append((f"seen/unseen: {row['row']}",
+                     figure + " (all points)" + (f", {seeds} seeds" if seeds > 1 else ""), ""))
     return rows
 
 

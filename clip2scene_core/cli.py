@@ -152,7 +152,12 @@ def _evaluate(args) -> int:
         output_folder(args.out, "--out")
     segmenter = _segmenter(args, config)
     source = _open_all([args.data], config.teacher.name)[0]
-    evaluation, timings = evaluate_source(source, segmenter)
+    seen = _seen_classes(args, segmenter.vocabulary)
+    if seen is None and args.checkpoint:
+        from .student.checkpoint import read_checkpoint
+
+        seen = read_checkpoint(args.checkpoint).get("seen_classes") or None
+    evaluation, timings = evaluate_source(source, segmenter, seen=seen)
     print(evaluation.table())
     if args.out:
         report = write_report(Path(args.out), evaluation, timings, source, segmenter,
@@ -161,7 +166,26 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _seen_classes(args, vocabulary) -> list[str] | None:
+    """The seen classes --seen-classes, --unseen-classes or --split name (None: no option given)."""
+    from .vocabulary import class_mask, split_unseen
+
+    given = [(flag, value) for flag, value in (("--seen-classes", args.seen_classes),
+                                               ("--unseen-classes", args.unseen_classes), ("--split", args.split))
+             if value]
+    if len(given) > 1:
+        raise UsageError(f"{given[0][0]} and {given[1][0]} both name the seen classes; give one of them")
+    if not given:
+        return None
+    flag, value = given[0]
+    names = split_unseen(vocabulary, value) if flag == "--split" else \
+        [name.strip() for name in value.split(",") if name.strip()]
+    mask = class_mask(vocabulary, names, flag)
+    return [name for name, chosen in zip(vocabulary.names, mask) if chosen == (flag == "--seen-classes")]
+
+
 def _pretrain(args) -> int:
+    from .config import merge
     from .segmenter import resolve_device
     from .train import Pretrainer, dump_config, init_distributed
     from .vocabulary import load_vocabulary
@@ -173,6 +197,9 @@ def _pretrain(args) -> int:
     if device.type == "cuda" and world > 1:
         device = torch_device_for_rank()
     vocabulary = load_vocabulary(config.vocabulary)
+    seen = _seen_classes(args, vocabulary)
+    if seen is not None:
+        config = merge(config, {"train": {"seen_classes": seen}})
     teacher = _teacher(config, vocabulary, device)
     try:
         sources = _open_all(args.data, config.teacher.name, sweeps=max(config.train.sweeps - 1, 0))
@@ -324,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
                              help="CPU threads for torch (default 0: the cores free, i.e. usable cores less the "
                                   "1-minute load average, at least 1)")
 
+    def seen_options(command, purpose):
+        command.add_argument("--seen-classes", dest="seen_classes", metavar="NAMES",
+                             help=f"comma-separated vocabulary class names: {purpose}")
+        command.add_argument("--unseen-classes", dest="unseen_classes", metavar="NAMES",
+                             help="comma-separated names of the unseen classes; all others are seen")
+        command.add_argument("--split", metavar="NAME", help="a shipped zero-shot split of the vocabulary "
+                             "(config/vocabularies/splits/zero_shot.yaml), e.g. unseen4: its classes are unseen")
+
     segment = commands.add_parser("segment", help="label every point of a source; writes labels and pictures")
     model_options(segment)
     segment.add_argument("--out", required=True, help="output folder")
@@ -338,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "(annotation-free: nothing is trained)")
     model_options(evaluate)
     evaluate.add_argument("--out", help="folder for evaluation.json and pictures")
+    seen_options(evaluate, "report seen mIoU, unseen mIoU and hIoU with these seen classes (default: the "
+                           "checkpoint's, when it was trained with seen classes)")
     evaluate.set_defaults(run=_evaluate)
 
     pretrain = commands.add_parser("pretrain", help="train the LiDAR student from a teacher (CLIP2Scene)")
@@ -348,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--batch-size", type=int, dest="batch_size")
     pretrain.add_argument("--lr", type=float)
     pretrain.add_argument("--sweeps", type=int, help="sweeps per sample, the keyframe included")
+    seen_options(pretrain, "train these classes from the source's ground truth and the others from the "
+                           "teacher (MCFA's seen/unseen setting; sets train.seen_classes)")
     common(pretrain)
     pretrain.set_defaults(run=_pretrain)
 

@@ -16,7 +16,7 @@ from .metrics import Evaluation
 from .objects import ObjectConfig, Objects, box_outline, detect_objects, thing_mask
 from .render import birds_eye_view, mosaic, overlay, palette_colors, render_frame, save_png
 from .segmenter import Segmentation, Segmenter
-from .vocabulary import IGNORE, Vocabulary, no_matching_labels
+from .vocabulary import IGNORE, Vocabulary, class_mask, no_matching_labels
 
 QUERY_COLOR, QUERY_OTHER_COLOR = (255, 0, 255), (90, 90, 90)
 
@@ -99,15 +99,19 @@ def query_picture(frame, similarity: np.ndarray, threshold: float) -> np.ndarray
     return _draw(frame, frame.points, colors)
 
 
-def evaluate_source(source: FrameSource, segmenter: Segmenter, progress: bool = True) -> tuple[Evaluation, dict]:
-    """Per-class IoU and mIoU over all points (unlabelled = wrong) and over in-view points."""
+def evaluate_source(source: FrameSource, segmenter: Segmenter, progress: bool = True,
+                    seen: list[str] | None = None) -> tuple[Evaluation, dict]:
+    """Per-class IoU and mIoU over all points (unlabelled = wrong) and over in-view points; with seen classes
+    (names of the vocabulary), also seen mIoU, unseen mIoU and hIoU."""
     vocabulary = segmenter.vocabulary
     if not vocabulary.covers_ids:
         raise UsageError(f"vocabulary {vocabulary.name!r} lists no raw label ids: evaluation needs each class's "
                          f"'ids' in the dataset's labels")
     if len(source) == 0:
         raise SourceError("the source holds no frames to evaluate; check its path and its start/stop/step options")
-    evaluation = Evaluation.empty(vocabulary.names)
+    if seen:
+        class_mask(vocabulary, seen, "seen classes")
+    evaluation = Evaluation.empty(vocabulary.names, seen)
     timings, present, matched = [], set(), False
     for frame in tqdm(source, desc="evaluate", unit="frame", disable=not progress):
         if frame.labels is None:

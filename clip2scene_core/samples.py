@@ -3,8 +3,9 @@
 For every scan: aggregate its sweeps into the keyframe's LiDAR frame with ego poses, project every
 point into the keyframe's cameras and take the teacher's pseudo label and pixel feature there; drop
 older-sweep points the keyframe's own points hide from that camera; take consolidated labels where
-a label map is given; choose the points of the losses (whole spatial-temporal groups, a budget per
-sweep); augment.
+a label map is given; in the seen/unseen setting (MCFA), take the ground truth of points of seen classes and
+the teacher's best unseen class elsewhere; choose the points of the losses (whole spatial-temporal groups, a
+budget per sweep); augment.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import UsageError
 from .frame import Camera, Frame
 from .geometry import aggregate_sweeps, project, transform_points, voxelize
 from .teacher import Teacher, predict_points
-from .vocabulary import IGNORE
+from .vocabulary import IGNORE, class_mask
 
 # An older sweep's point is hidden when a keyframe point within this angle of its pixel is nearer
 # (about the beam spacing of a 32-beam LiDAR, wide enough to find a keyframe point near most pixels).
@@ -47,7 +49,8 @@ class Pairing:
 
     points: (N, 3) float32 over all sweeps, keyframe first; sweep_index: (N,) int64; intensity: (N,) float32.
     labels: (N,) int64 pseudo labels, IGNORE where no camera pairs the point; confidence: (N,) float32;
-    features: (N, D) pixel features (zeros where unpaired).
+    features: (N, D) pixel features (zeros where unpaired); camera: (N,) int64 camera each point is paired with
+    (-1: none); image_embeddings: (K, D) the teacher's image-level embedding per camera, when asked for.
     """
 
     points: np.ndarray
@@ -56,6 +59,8 @@ class Pairing:
     labels: np.ndarray
     confidence: np.ndarray
     features: torch.Tensor
+    camera: np.ndarray
+    image_embeddings: torch.Tensor | None = None
 
     @property
     def paired(self) -> np.ndarray:
@@ -91,10 +96,11 @@ def occluded_in_keyframe(points: np.ndarray, sweep_index: np.ndarray, camera_of:
     return hidden
 
 
-def pair_frame(frame: Frame, teacher: Teacher, sweeps: int, occlusion_tolerance: float | None) -> Pairing:
+def pair_frame(frame: Frame, teacher: Teacher, sweeps: int, occlusion_tolerance: float | None,
+               image_embeddings: bool = False) -> Pairing:
     """The frame and up to sweeps - 1 older sweeps, paired with the teacher's predictions in the frame's
     cameras; older-sweep points hidden in the keyframe's view are left unpaired (occlusion_tolerance None:
-    no test)."""
+    no test); with the teacher's image-level embedding of each camera when asked for."""
     aggregate = aggregate_sweeps(frame, sweeps)
     used = ([frame] + list(frame.sweeps))[:sweeps]
     intensity = np.concatenate([s.fields.get("intensity", np.zeros(len(s), np.float32)).astype(np.float32)
@@ -102,14 +108,46 @@ def pair_frame(frame: Frame, teacher: Teacher, sweeps: int, occlusion_tolerance:
     points, sweep_index = aggregate.points, aggregate.sweep_index
     if not frame.cameras:
         n = len(points)
+        dimensions = teacher.text_embeddings.shape[1]
         return Pairing(points, sweep_index, intensity, np.full(n, IGNORE, np.int64), np.zeros(n, np.float32),
-                       torch.zeros(n, teacher.text_embeddings.shape[1]))
-    pairs = predict_points(teacher.predict(frame.cameras), points, frame.cameras, with_features=True)
-    labels = pairs.labels
+                       torch.zeros(n, dimensions), np.full(n, -1, np.int64),
+                       torch.zeros(0, dimensions) if image_embeddings else None)
+    output = teacher.predict(frame.cameras)
+    pairs = predict_points(output, points, frame.cameras, with_features=True)
+    labels, camera = pairs.labels, pairs.camera
     if occlusion_tolerance is not None and len(used) > 1:
-        labels = np.where(occluded_in_keyframe(points, sweep_index, pairs.camera, frame.cameras, occlusion_tolerance),
-                          IGNORE, labels)
-    return Pairing(points, sweep_index, intensity, labels, pairs.confidence, pairs.features)
+        hidden = occluded_in_keyframe(points, sweep_index, pairs.camera, frame.cameras, occlusion_tolerance)
+        labels, camera = np.where(hidden, IGNORE, labels), np.where(hidden, -1, camera)
+    return Pairing(points, sweep_index, intensity, labels, pairs.confidence, pairs.features, camera,
+                   output.image_embeddings() if image_embeddings else None)
+
+
+def seen_unseen_labels(frame: Frame, pairing: Pairing, labels: np.ndarray, seen: np.ndarray,
+                       teacher: Teacher) -> np.ndarray:
+    """(N,) training labels in the seen/unseen setting: the ground truth where it names a seen class; where it
+    names another class (or none: the class is not annotated), the unseen class whose text embedding is nearest
+    the point's pixel feature (the teacher's pseudo label among the unseen classes), IGNORE if unpaired. Points
+    of older sweeps without labels keep the teacher's label.
+
+    labels: (N,) the pseudo labels so far; seen: (C,) bool over the teacher's vocabulary.
+    """
+    if frame.labels is None:
+        raise UsageError(f"frame {frame.name!r} has no per-point labels: train.seen_classes (--seen-classes) "
+                         f"trains seen classes from ground truth; use a labelled source or no seen classes")
+    sweeps = ([frame] + list(frame.sweeps))[:int(pairing.sweep_index.max(initial=0)) + 1]
+    to_class, text = teacher.vocabulary.raw_to_class, teacher.text_embeddings
+    truth = np.concatenate([to_class(s.labels) if s.labels is not None else np.full(len(s), -2, np.int64)
+                            for s in sweeps])
+    known = truth != -2                                  # -2: an older sweep without labels
+    result = np.where(known, IGNORE, labels)
+    unseen = np.flatnonzero(~seen)
+    if len(unseen):
+        paired = np.flatnonzero(pairing.paired & known)
+        nearest = (pairing.features[torch.from_numpy(paired)] @ text[torch.from_numpy(unseen)].T).argmax(1)
+        result[paired] = unseen[nearest.numpy()]
+    is_seen = known & (truth >= 0) & seen[np.clip(truth, 0, None)]
+    result[is_seen] = truth[is_seen]
+    return result
 
 
 def sample_groups(groups: np.ndarray, sweep_index: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
@@ -153,6 +191,8 @@ class Sample:
     pixel_features: (M, D); groups: (M,) spatial-temporal group, -1 where unpaired.
     held_out: (M,) bool, paired points kept out of the losses to measure agreement with the teacher.
     truth: (N_0,) raw labels of the keyframe points when the source has them (monitoring only).
+    camera: (M,) the keyframe camera a point is paired with (-1: none); image_embeddings: (K, D) the teacher's
+        image-level embedding of each of the K cameras (global alignment), None when not asked for.
     """
 
     points: list[np.ndarray]
@@ -165,6 +205,8 @@ class Sample:
     groups: np.ndarray
     held_out: np.ndarray
     truth: np.ndarray | None
+    camera: np.ndarray | None = None
+    image_embeddings: torch.Tensor | None = None
 
 
 def prepare_sample(frame: Frame, teacher: Teacher, config, rng: np.random.Generator, label_map=None,
@@ -174,12 +216,15 @@ def prepare_sample(frame: Frame, teacher: Teacher, config, rng: np.random.Genera
     config: a TrainConfig. label_map: this frame's drive's consolidated labels (a consolidation.LabelMap)
     or None. candidates: also choose up to max_paired unlabelled points per sweep (self-training).
     """
-    pairing = pair_frame(frame, teacher, config.sweeps, config.occlusion_tolerance)
+    pairing = pair_frame(frame, teacher, config.sweeps, config.occlusion_tolerance, config.global_weight > 0)
     points, sweep_index = pairing.points, pairing.sweep_index
     labels = pairing.labels
     if label_map is not None:
         voted = label_map.lookup(transform_points(frame.lidar_pose, points))
         labels = np.where(voted != IGNORE, voted, labels)
+    if config.seen_classes:
+        seen = class_mask(teacher.vocabulary, config.seen_classes, "train.seen_classes")
+        labels = seen_unseen_labels(frame, pairing, labels, seen, teacher)
     paired = np.flatnonzero(pairing.paired)
     groups = np.zeros(0, np.int64)
     if len(paired):
@@ -205,4 +250,5 @@ def prepare_sample(frame: Frame, teacher: Teacher, config, rng: np.random.Genera
     return Sample(points=np.split(points, split), intensity=np.split(pairing.intensity, split), index=index,
                   labels=labels[index], teacher_labels=pairing.labels[index], paired=is_paired,
                   pixel_features=features, groups=np.concatenate([groups, np.full(extra, -1, np.int64)]),
-                  held_out=np.concatenate([held_out, np.zeros(extra, bool)]), truth=frame.labels)
+                  held_out=np.concatenate([held_out, np.zeros(extra, bool)]), truth=frame.labels,
+                  camera=pairing.camera[index], image_embeddings=pairing.image_embeddings)

@@ -4,7 +4,7 @@ Every scan becomes a Sample (samples.py: sweeps aggregated with ego poses, paire
 pixels in the keyframe's cameras, optionally with consolidated labels, the loss points chosen, augmented);
 the student runs on its sweeps and the losses are
     semantic consistency (Eq. 1) + lambda * spatial-temporal consistency (Eq. 2-4)
-    [+ feature distillation (OpenScene)],
+    [+ feature distillation (OpenScene; MCFA's local position alignment)] [+ MCFA's global semantic alignment],
 with pseudo labels taken from a mean teacher (an EMA of the student) where it is confident, once
 self-training starts. A checkpoint per epoch, with BatchNorm statistics recomputed for the weights
 it holds; seeded so that a resumed run ends exactly where an unbroken one does; several processes
@@ -35,10 +35,10 @@ from .geometry import transform_points
 from .samples import Sample, pair_frame, prepare_sample, seeded_rng
 from .self_training import MeanTeacher, confident
 from .student.checkpoint import CheckpointError, load_weights, read_checkpoint, save_checkpoint
-from .student.losses import SEMANTIC_LOSSES, check_finite, feature_distillation, spatial_temporal
+from .student.losses import SEMANTIC_LOSSES, check_finite, feature_distillation, global_alignment, spatial_temporal
 from .student.network import Student, StudentConfig, VoxelBatch, make_batch, recalibrate_batchnorm
 from .teacher import Teacher
-from .vocabulary import IGNORE
+from .vocabulary import IGNORE, class_mask
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,13 @@ class TrainConfig:
     st_grid_m: edge of the regular grid grouping points for the spatial-temporal loss (>= the voxel).
     occlusion_tolerance: an older sweep's point is unpaired when a keyframe point nearer by this fraction
         of its depth covers its pixel (None: no test).
-    distill_weight: weight of the feature distillation 1 - cos(point, pixel feature) (0: off).
+    distill_weight: weight of the feature distillation 1 - cos(point, pixel feature) (0: off); this is MCFA's
+        local position alignment.
+    global_weight: weight of MCFA's global semantic alignment (0: off): per camera, the pooled features of the
+        points it sees against the teacher's image embedding of the view, a contrast over the batch's cameras at
+        temperature global_tau; cameras seeing fewer than global_min_points loss points take no part.
+    seen_classes: vocabulary names trained from ground truth (MCFA's seen/unseen setting; () = none, no ground
+        truth is read); the other classes learn from the teacher's best unseen class at each paired point.
     consolidate: vote pseudo labels across the frames of each drive in a world voxel map first.
     self_training: targets from a mean teacher (EMA, ema_decay per step) where its confidence is in the top
         self_training_share of its class, for paired points with probability self_training_probability and
@@ -84,7 +90,11 @@ class TrainConfig:
     st_grid_m: float = 0.5
     attention_tau: float = 1.0          # paper 1
     occlusion_tolerance: float | None = 0.3
-    distill_weight: float = 0.0
+    distill_weight: float = 0.0         # MCFA local position alignment; MCFA's weight: see the README
+    global_weight: float = 0.0          # MCFA global semantic alignment
+    global_tau: float = 0.07            # CLIP's temperature (MCFA: see the README)
+    global_min_points: int = 16
+    seen_classes: tuple[str, ...] = ()
     consolidate: bool = False           # helps dense recordings, hurt the ablation (README)
     consolidation_voxel_m: float = 0.5
     consolidation_min_views: int = 2
@@ -107,13 +117,16 @@ class TrainConfig:
                 raise ValueError(f"train.{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         if self.sweeps < 1 or self.epochs < 1 or self.batch_size < 1:
             raise ValueError("train.sweeps, train.epochs and train.batch_size must be at least 1")
-        for key in ("tau", "st_grid_m", "consolidation_voxel_m", "attention_tau", "lr"):
+        for key in ("tau", "st_grid_m", "consolidation_voxel_m", "attention_tau", "lr", "global_tau"):
             if not getattr(self, key) > 0:  # NaN fails too
                 raise ValueError(f"train.{key} must be positive, got {getattr(self, key)}")
         for key in ("momentum", "weight_decay", "st_weight", "distill_weight", "max_paired", "bn_recalibration",
-                    "rotation_deg", "occlusion_tolerance"):
+                    "rotation_deg", "occlusion_tolerance", "global_weight", "global_min_points"):
             if getattr(self, key) is not None and not getattr(self, key) >= 0:
                 raise ValueError(f"train.{key} must not be negative, got {getattr(self, key)}")
+        if self.self_training and self.seen_classes:
+            raise ValueError("train.self_training with train.seen_classes would replace seen classes' ground truth "
+                             "with the mean teacher's labels; switch one of them off")
         if self.consolidation_min_views < 1:
             raise ValueError(f"train.consolidation_min_views must be at least 1, got {self.consolidation_min_views}")
         for key in ("self_training_share", "self_training_probability", "ema_decay", "self_training_start"):
@@ -137,7 +150,7 @@ class Pretrainer:
                  progress: bool = True):
         check_grid(config, student_config)
         self.sources, self.teacher, self.config, self.out = sources, teacher, config, Path(out)
-        self.device, self.extra, self.progress = device, extra or {}, progress
+        self.device, self.extra, self.progress = device, dict(extra or {}), progress
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         if config.batch_size % self.world:
             raise UsageError(f"train.batch_size {config.batch_size} must divide by the {self.world} processes")
@@ -145,6 +158,9 @@ class Pretrainer:
         if not self.index:
             raise UsageError("the training sources hold no frames")
         self.text = teacher.text_embeddings.to(device)
+        # The checkpoint names the seen classes, so that evaluate can report seen, unseen and harmonic mIoU.
+        class_mask(teacher.vocabulary, config.seen_classes, "train.seen_classes")
+        self.extra["seen_classes"] = list(config.seen_classes)
         student_config.embed_dim = int(self.text.shape[1])
         torch.manual_seed(config.seed)
         self.student = Student(student_config).to(device)
@@ -239,6 +255,8 @@ class Pretrainer:
             ema_labels, ema_confidence = self.mean_teacher.predict(batch, index, self.text, config.tau)
             trusted = confident(ema_labels, ema_confidence, config.self_training_share, len(self.text))
         totals = {"semantic": [], "spatial_temporal": [], "distillation": []}
+        views: list[tuple[torch.Tensor, torch.Tensor]] = []   # (point features, camera) of each sample
+        cameras = 0
         counts = {"agree": 0, "held_out": 0, "self_trained": 0, "loss_points": 0}
         semantic_loss = SEMANTIC_LOSSES[config.semantic_loss]
 
@@ -275,9 +293,16 @@ class Pretrainer:
                     groups, config.attention_tau))
             if config.distill_weight:
                 totals["distillation"].append(feature_distillation(features[train_paired], pixel_features))
+            if config.global_weight:
+                views.append((features[train_paired], device(sample.camera)[train_paired] + cameras))
+                cameras += len(sample.image_embeddings)
+        if views:  # one contrast over all the batch's cameras
+            embeddings = torch.cat([sample.image_embeddings for sample in samples]).to(self.device)
+            totals["global"] = [global_alignment(torch.cat([f for f, _ in views]), torch.cat([c for _, c in views]),
+                                                 embeddings, config.global_tau, config.global_min_points)]
         result = {name: torch.stack(values).mean() for name, values in totals.items() if values}
         result["loss"] = result["semantic"] + config.st_weight * result.get("spatial_temporal", 0.0) + \
-            config.distill_weight * result.get("distillation", 0.0)
+            config.distill_weight * result.get("distillation", 0.0) + config.global_weight * result.get("global", 0.0)
         return result, counts
 
     def _average_gradients(self) -> None:
@@ -404,7 +429,7 @@ def write_log(out: Path, history: list[dict]) -> None:
 
     figure, axis = plt.subplots(figsize=(6, 3.5))
     epochs = [r["epoch"] for r in history]
-    for name in ("loss", "semantic", "spatial_temporal", "distillation"):
+    for name in ("loss", "semantic", "spatial_temporal", "distillation", "global"):
         if name in history[0]:
             axis.plot(epochs, [r[name] for r in history], marker="o", label=name)
     axis.set_xlabel("epoch")

@@ -177,6 +177,31 @@ def _parse_class(entry, index: int, origin: str) -> VocabularyClass:
     return VocabularyClass(name.strip(), [p.strip() for p in prompts], tuple(color), list(ids), thing)
 
 
+def class_mask(vocabulary: Vocabulary, names, key: str) -> np.ndarray:
+    """(C,) bool: which of the vocabulary's classes are named; a VocabularyError naming key for an unknown name."""
+    unknown = [name for name in names if name not in vocabulary.names]
+    if unknown:
+        raise VocabularyError(f"{key}: {', '.join(map(repr, unknown))} not in vocabulary {vocabulary.name!r}; its "
+                              f"classes: {', '.join(vocabulary.names)}")
+    return np.isin(np.array(vocabulary.names), list(names))
+
+
+SPLITS_FILE = CONFIG_DIR / "splits" / "zero_shot.yaml"
+
+
+def split_unseen(vocabulary: Vocabulary, split: str) -> list[str]:
+    """The unseen classes of a shipped zero-shot split (config/vocabularies/splits/zero_shot.yaml) of this
+    vocabulary, e.g. split_unseen(semantickitti, "unseen4")."""
+    splits = read_yaml(SPLITS_FILE, "zero-shot splits file", VocabularyError) or {}
+    mine = splits.get(vocabulary.name)
+    if not isinstance(mine, dict) or split not in mine:
+        known = ", ".join(f"{name} ({', '.join(s)})" for name, s in splits.items() if isinstance(s, dict))
+        raise VocabularyError(f"--split {split}: no such split of vocabulary {vocabulary.name!r} in {SPLITS_FILE}; "
+                              f"splits there: {known}")
+    class_mask(vocabulary, mine[split], f"split {split} in {SPLITS_FILE}")
+    return list(mine[split])
+
+
 def default_color(index: int) -> tuple[int, int, int]:
     """A distinct, stable colour for class index (golden-angle hues)."""
     import colorsys

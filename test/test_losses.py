@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clip2scene_core.student.losses import (feature_distillation, lovasz_softmax, semantic_cross_entropy,
-                                            semantic_infonce, semantic_symmetric, spatial_temporal)
+from clip2scene_core.student.losses import (feature_distillation, global_alignment, lovasz_softmax, pool_by_camera,
+                                            semantic_cross_entropy, semantic_infonce, semantic_symmetric,
+                                            spatial_temporal)
 from clip2scene_core.train import TrainConfig
 
 # Two classes with orthogonal text embeddings, three points.
@@ -128,3 +129,63 @@ def test_lovasz_softmax_by_hand():
     # class 1 errors |0-.1|, |0-.6|, |1-.7| sorted: .6 (background), .3 (foreground), .1 (background)
     class1 = lovasz_extension([0, 1, 0], [0.6, 0.3, 0.1])
     assert lovasz_softmax(probabilities, labels).item() == pytest.approx((class0 + class1) / 2, rel=1e-6)
+
+
+# Global alignment: three cameras with orthogonal image embeddings; each camera sees a few points.
+IMAGES = torch.eye(3, 4)
+CAMERA = torch.tensor([0, 0, 1, 1, 1, 2])
+
+
+def test_global_alignment_by_hand():
+    """Each camera's points pool exactly onto its own image embedding: the logits are I / tau and each row's and
+    column's cross-entropy is log(1 + 2 exp(-1 / tau))."""
+    tau = 0.5
+    points = IMAGES[CAMERA] * torch.tensor([[1.0], [2.0], [0.5], [1.0], [3.0], [1.0]])
+    expected = math.log(1 + 2 * math.exp(-1 / tau))
+    assert global_alignment(points, CAMERA, IMAGES, tau).item() == pytest.approx(expected, rel=1e-6)
+    swapped = IMAGES[torch.tensor([1, 0, 2])]               # cameras 0 and 1 get each other's image: worse
+    assert global_alignment(points, CAMERA, swapped, tau) > global_alignment(points, CAMERA, IMAGES, tau) + 1
+
+
+def test_global_alignment_pools_unit_features_per_camera():
+    points = torch.tensor([[3.0, 0.0], [0.0, 1.0], [0.0, 5.0]])
+    pooled, counts = pool_by_camera(points, torch.tensor([0, 0, 1]), 3)
+    assert torch.allclose(pooled, torch.tensor([[2 ** -0.5, 2 ** -0.5], [0.0, 1.0], [0.0, 0.0]]))
+    assert counts.tolist() == [2, 1, 0]
+
+
+def test_global_alignment_gradients_and_invariances():
+    generator = torch.Generator().manual_seed(0)
+    points = torch.randn(6, 4, generator=generator, requires_grad=True)
+    images = F.normalize(torch.randn(3, 4, generator=generator), dim=1)
+    loss = global_alignment(points, CAMERA, images, 0.1)
+    loss.backward()
+    assert points.grad is not None and points.grad.abs().sum() > 0 and torch.isfinite(points.grad).all()
+    with torch.no_grad():
+        order = torch.tensor([2, 0, 1])                     # camera k becomes camera order^-1[k]
+        renamed = torch.argsort(order)[CAMERA]
+        assert global_alignment(points, renamed, images[order], 0.1) == pytest.approx(loss.item(), rel=1e-6)
+        shuffled = torch.randperm(6, generator=generator)   # the order of the points does not matter either
+        assert global_alignment(points[shuffled], CAMERA[shuffled], images, 0.1) == pytest.approx(loss.item(),
+                                                                                                  rel=1e-6)
+        scaled = global_alignment(points * 7.0, CAMERA, images * 3.0, 0.1)   # features are normalised
+        assert scaled == pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_global_alignment_needs_two_cameras_with_enough_points():
+    points = torch.randn(6, 4, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    # min_points 3: only camera 1 (3 points) takes part, nothing to contrast it with
+    loss = global_alignment(points, CAMERA, IMAGES, 0.5, min_points=3)
+    assert loss.item() == 0.0 and loss.requires_grad
+    two = global_alignment(points, CAMERA, IMAGES, 0.5, min_points=2)     # cameras 0 and 1
+    rows = torch.tensor([0, 1, 2, 3, 4])
+    assert two.item() == pytest.approx(global_alignment(points[rows], CAMERA[rows], IMAGES[:2], 0.5).item())
+
+
+def test_alignment_options_are_checked_by_name():
+    with pytest.raises(ValueError, match="train.global_tau must be positive"):
+        TrainConfig(global_tau=0.0)
+    with pytest.raises(ValueError, match="train.global_weight must not be negative"):
+        TrainConfig(global_weight=-1.0)
+    with pytest.raises(ValueError, match="train.self_training with train.seen_classes"):
+        TrainConfig(self_training=True, seen_classes=("car",))

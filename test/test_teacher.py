@@ -14,7 +14,7 @@ from clip2scene_core.teacher import (ClipConfig, ClipWeightsError, PixelPredicti
                                       predict_points)
 from clip2scene_core.teacher.clip_model import DenseClipEncoder, load_clip, resample_positional_embedding
 from clip2scene_core.teacher.labels import LabelImageTeacher, NoisyTeacher, confusable
-from clip2scene_core.teacher.maskclip import MaskClipTeacher
+from clip2scene_core.teacher.maskclip import MaskClipTeacher, preprocess
 from clip2scene_core.teacher.text import TEMPLATES, ClipTextEncoder, HashTextEncoder
 from clip2scene_core.vocabulary import IGNORE, Vocabulary, load_vocabulary
 from clip_fixtures import TINY_MODEL, write_tiny_clip
@@ -60,6 +60,14 @@ def test_dense_path_equals_last_block_with_diagonal_attention(model, value_path)
 def test_pooled_path_reproduces_encode_image(model):
     images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(DenseClipEncoder(model.visual).pooled(images), model.encode_image(images), atol=1e-6)
+
+
+def test_dense_and_pooled_paths_share_the_tokens_before_the_last_block(model):
+    encoder = DenseClipEncoder(model.visual)
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    tokens, grid = encoder.tokens(images)
+    assert torch.allclose(encoder.dense(tokens, grid), encoder(images), atol=1e-6)
+    assert torch.allclose(encoder.pool(tokens), model.encode_image(images), atol=1e-6)
 
 
 def test_positional_embedding_resampling(model):
@@ -166,6 +174,13 @@ def test_maskclip_teacher_on_cameras_of_any_size(tiny, tmp_path):
     labels = output.label_image(1)
     assert labels.shape == (120, 120) and labels.min() >= 0 and labels.max() < 3
     assert np.array_equal(output.at(1, np.array([[60.0, 60.0]])).labels.numpy(), labels[60:61, 60])
+    # The image-level embedding of each view: CLIP's pooled one of the preprocessed crop (the pooled path equals
+    # encode_image, test above), normalised.
+    embeddings = output.image_embeddings()
+    x, _ = preprocess([cameras[0].image], tiny.image_size, tiny.resize, teacher.mean, teacher.std, "cpu")
+    with torch.no_grad():
+        reference = F.normalize(teacher.encoder.pooled(x), dim=1)
+    assert embeddings.shape == (2, 32) and torch.allclose(embeddings[:1], reference, atol=1e-5)
 
 
 def test_crop_mode_leaves_pixels_outside_the_crop_unlabelled(tiny, tmp_path):
@@ -190,6 +205,12 @@ def test_label_teacher_maps_raw_ids_and_uses_text_embeddings():
     pixel = output.at(0, np.array([[7.0, 7.0], [0.2, 0.3], [25, 15]]))
     assert pixel.labels.tolist() == [0, IGNORE, 2]
     assert torch.equal(pixel.features[0], teacher.text_embeddings[0]) and torch.equal(pixel.features[1], torch.zeros(64))
+    # A view's image-level embedding: the area-weighted mix of its classes (car 1/6 of this image, road the rest).
+    view = np.full((48, 64), 24)
+    view[:16, :32] = 17
+    mix = F.normalize(teacher.text_embeddings[0] * 1 / 6 + teacher.text_embeddings[2] * 5 / 6, dim=0)
+    pooled = teacher.predict([camera("front", 64, 48, labels=view)]).image_embeddings()
+    assert pooled.shape == (1, 64) and torch.allclose(pooled[0], mix, atol=1e-6)
     with pytest.raises(ValueError, match="has no label image"):
         teacher.predict([camera("front", 30, 20)])
     with pytest.raises(ValueError, match="lists no 'ids'"):

@@ -89,6 +89,9 @@ def check_payload(payload: dict, path: str | Path) -> None:
     for name in ("text_encoder", "teacher"):
         if name in payload and not isinstance(payload[name], str):
             fail(f"entry {name!r}", f"is a {type(payload[name]).__name__}, not a string")
+    seen = payload.get("seen_classes", [])
+    if not isinstance(seen, (list, tuple)) or not all(isinstance(name, str) for name in seen):
+        fail("entry 'seen_classes'", "is not a list of class names")
     identity = payload.get("text_encoder", "")
     if not (identity.startswith("clip:") or (identity.startswith("hash:") and identity[5:].isdigit())):
         fail("entry 'text_encoder'", f"is {identity!r}, expected hash:DIMENSIONS (e.g. hash:512) or clip:MODEL")

@@ -1,5 +1,5 @@
 """CLIP2Scene's losses (paper Eq. 1-4), the released code's cross-entropy variant, OpenScene-style feature
-distillation, and Lovasz-softmax.
+distillation (MCFA's local position alignment), MCFA's global semantic alignment, and Lovasz-softmax.
 
 Features are L2-normalised by default, so the paper's D(a, b) (a dot product) is a cosine similarity
 and a logit is bounded by 1 / tau: the temperature must be small (CLIP's 0.07) for a softmax over
@@ -87,10 +87,41 @@ def spatial_temporal(point_features: torch.Tensor, pixel_features: torch.Tensor,
 
 
 def feature_distillation(point_features: torch.Tensor, pixel_features: torch.Tensor) -> torch.Tensor:
-    """OpenScene's distillation: mean over pairs of 1 - cos(point feature, its pixel feature)."""
+    """OpenScene's distillation, which is also MCFA's local position alignment: mean over pairs of
+    1 - cos(point feature, the dense CLIP feature of the pixel it projects to)."""
     if len(point_features) == 0:
         return point_features.sum() * 0.0
     return (1 - F.cosine_similarity(point_features, pixel_features, dim=1)).mean()
+
+
+def pool_by_camera(point_features: torch.Tensor, camera: torch.Tensor, cameras: int) -> tuple[torch.Tensor,
+                                                                                               torch.Tensor]:
+    """(cameras, D) unit mean of the unit point features each camera sees, and (cameras,) how many it sees.
+
+    point_features: (M, D); camera: (M,) index in [0, cameras) of the camera each point is paired with."""
+    unit = F.normalize(point_features, dim=1)
+    pooled = torch.zeros(cameras, unit.shape[1], dtype=unit.dtype, device=unit.device).index_add(0, camera, unit)
+    counts = torch.bincount(camera, minlength=cameras)
+    return F.normalize(pooled, dim=1), counts
+
+
+def global_alignment(point_features: torch.Tensor, camera: torch.Tensor, image_embeddings: torch.Tensor,
+                     tau: float, min_points: int = 1) -> torch.Tensor:
+    """MCFA's global semantic alignment: the point features a camera sees, pooled, against the teacher's
+    image-level embedding of that camera's view, contrasted across the batch's cameras (both directions,
+    as CLIP trains: a view's points must pick out its image among the others', and the image its points).
+
+    point_features: (M, D); camera: (M,) camera index of each paired point; image_embeddings: (K, D), one per
+    camera of the batch; tau: temperature. Cameras with fewer than min_points points take no part; with fewer
+    than two cameras left there is nothing to contrast, and the loss is 0.
+    """
+    pooled, counts = pool_by_camera(point_features, camera, len(image_embeddings))
+    used = counts >= max(min_points, 1)
+    if int(used.sum()) < 2:
+        return point_features.sum() * 0.0
+    logits = pooled[used] @ F.normalize(image_embeddings[used].to(pooled.dtype), dim=1).T / tau
+    target = torch.arange(len(logits), device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
 def lovasz_softmax(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

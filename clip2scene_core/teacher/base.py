@@ -39,6 +39,12 @@ class TeacherOutput(ABC):
     def label_image(self, camera_index: int) -> np.ndarray:
         """(H, W) int64 pseudo label of every pixel of that camera's image, IGNORE where none."""
 
+    def image_embeddings(self) -> torch.Tensor:
+        """(K, D) float32 unit image-level embedding of each of the K cameras' views (CLIP's pooled one); needed
+        by the global alignment loss (train.global_weight)."""
+        raise NotImplementedError(f"{type(self).__name__} gives no image-level embeddings; train with "
+                                  f"train.global_weight 0")
+
 
 class Teacher(ABC):
     """Turns camera images into predictions over a vocabulary, in a text encoder's embedding space."""

@@ -217,16 +217,25 @@ class DenseClipEncoder(torch.nn.Module):
         return x + block.ls_2(block.mlp(block.ln_2(x)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.dense(*self.tokens(images))
+
+    def tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The tokens after every block but the last, and the patch grid: what dense() and pool() share."""
         x, grid = self._tokens(images)
-        x = self._blocks(x, self.visual.transformer.resblocks[:-1])
+        return self._blocks(x, self.visual.transformer.resblocks[:-1]), grid
+
+    def dense(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """tokens() -> (B, D, gh, gw) unit dense features (the last block's value path)."""
         x = self._last_block_value_path(x)
         x = self.visual.ln_post(x[:, 1:]) @ self.visual.proj
         x = F.normalize(x.float(), dim=-1)
         return x.transpose(1, 2).reshape(x.shape[0], -1, *grid)
 
-    def pooled(self, images: torch.Tensor) -> torch.Tensor:
-        """The ordinary CLIP image embedding (class token through every block), for checks."""
-        x, _ = self._tokens(images)
-        x = self._blocks(x, self.visual.transformer.resblocks)
-        pooled, _ = self.visual._pool(x)
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """tokens() -> (B, D) CLIP's image embedding, not normalised (the last block as trained)."""
+        pooled, _ = self.visual._pool(self._blocks(x, self.visual.transformer.resblocks[-1:]))
         return pooled @ self.visual.proj
+
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        """The ordinary CLIP image embedding (class token through every block), not normalised."""
+        return self.pool(self.tokens(images)[0])

@@ -41,6 +41,17 @@ class LabelImageOutput(TeacherOutput):
     def label_image(self, camera_index: int) -> np.ndarray:
         return self.class_images[camera_index]
 
+    def image_embeddings(self) -> torch.Tensor:
+        """Each view's mean pixel feature over a grid every POOL_STRIDE pixels, normalised: a class mix weighted
+        by area, as CLIP's image embedding roughly is (zero for a view without a labelled pixel)."""
+        embeddings = []
+        for index, image in enumerate(self.class_images):
+            start = POOL_STRIDE // 2
+            rows, cols = np.mgrid[start:image.shape[0]:POOL_STRIDE, start:image.shape[1]:POOL_STRIDE]
+            uv = np.stack([cols.ravel(), rows.ravel()], axis=1).astype(np.float32)
+            embeddings.append(self.at(index, uv).features.sum(0))
+        return F.normalize(torch.stack(embeddings), dim=1)
+
 
 # The noisy teacher's pixel feature, before normalisation: its label's text embedding, the true class's
 # where the label is wrong (CLIP's second guess is often the right one), the mean of the label's
@@ -48,6 +59,7 @@ class LabelImageOutput(TeacherOutput):
 LABEL_WEIGHT, TRUTH_WEIGHT, CONFUSABLE_WEIGHT, NOISE_WEIGHT = 1.0, 0.5, 0.3, 1.0
 NOISE_GRID = (7, 13)        # rows, columns of the noise field over an image (224x416 crops in 32-pixel cells)
 LOGIT_SCALE = 100.0         # CLIP's: the confidence is the softmax at that scale, as MaskCLIP's
+POOL_STRIDE = 8             # pixels between the samples an image-level embedding is pooled from
 
 
 class SoftLabelOutput(LabelImageOutput):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,8 +68,9 @@ class DenseOutput(TeacherOutput):
     """Feature grids (B, D, gh, gw) over the crops; queried by bilinear sampling at original pixels."""
 
     def __init__(self, features: torch.Tensor, geometries: list[_CropGeometry], crop_size: tuple[int, int],
-                 text_embeddings: torch.Tensor, logit_scale: float):
+                 text_embeddings: torch.Tensor, logit_scale: float, pool: Callable[[], torch.Tensor] | None = None):
         self.features = features
+        self.pool = pool   # computes the (K, D) image embeddings on demand: only the global alignment needs them
         self.geometries = geometries
         self.crop_size = crop_size
         self.text_embeddings = text_embeddings.to(features.device, features.dtype)
@@ -96,6 +98,11 @@ class DenseOutput(TeacherOutput):
         labels = torch.where(inside, labels, torch.full_like(labels, -1))
         confidence = torch.where(inside, confidence, torch.zeros_like(confidence))
         return PixelPredictions(features * inside[:, None], labels, confidence)
+
+    def image_embeddings(self) -> torch.Tensor:
+        if self.pool is None:
+            raise ValueError("this DenseOutput was built without its image tokens: no image embeddings")
+        return F.normalize(self.pool().float(), dim=1)
 
     def label_image(self, camera_index: int) -> np.ndarray:
         geometry = self.geometries[camera_index]
@@ -128,12 +135,19 @@ class MaskClipTeacher(Teacher):
 
     @torch.no_grad()
     def predict(self, cameras: list[Camera]) -> DenseOutput:
-        chunks, geometries = [], []
+        chunks, tokens, geometries = [], [], []
         for start in range(0, len(cameras), self.camera_batch):
             images = [camera.image for camera in cameras[start:start + self.camera_batch]]
             x, geometry = preprocess(images, self.config.image_size, self.config.resize, self.mean, self.std,
                                      self.device)
-            chunks.append(self.encoder(x.to(self.dtype)))
+            x, grid = self.encoder.tokens(x.to(self.dtype))
+            chunks.append(self.encoder.dense(x, grid))
+            tokens.append(x)
             geometries += geometry
         return DenseOutput(torch.cat(chunks), geometries, self.config.image_size, self.text_embeddings,
-                           self.logit_scale)
+                           self.logit_scale, lambda: self._pool(tokens))
+
+    @torch.no_grad()
+    def _pool(self, tokens: list[torch.Tensor]) -> torch.Tensor:
+        """The image embeddings of a prediction's cameras from its kept tokens (one last block's pass)."""
+        return torch.cat([self.encoder.pool(x) for x in tokens])
