@@ -145,7 +145,7 @@ def test_the_whole_student_gives_the_same_features_through_spconv():
 
 def pair_set(rulebook):
     """{(input row, output row, offset)} of a Rulebook, padding dropped, a submanifold's centre included."""
-    offsets = rulebook.offsets.repeat_interleave(sparse.CHUNK)
+    offsets = rulebook.offsets.repeat_interleave(rulebook.chunk)
     real = rulebook.inputs < rulebook.num_in
     pairs = set(zip(rulebook.inputs[real].tolist(), rulebook.outputs[real].tolist(), offsets[real].tolist()))
     if rulebook.centre is not None:
@@ -167,7 +167,8 @@ def test_batched_rulebook_has_the_pairs_of_a_per_offset_search(seed):
     coords = random_sites(seed, batch=3, count=150)
     coords = torch.cat([coords, torch.tensor([[3, 0, 0, 0], [3, SIZE - 1, SIZE - 1, SIZE - 1], [3, 0, 0, 1]])])
     rulebook = sparse.submanifold_rulebook(coords, 3)
-    assert len(rulebook.inputs) % sparse.CHUNK == 0 and (rulebook.offsets[1:] >= rulebook.offsets[:-1]).all()
+    assert len(rulebook.inputs) == len(rulebook.offsets) * rulebook.chunk == sum(rulebook.sizes)
+    assert (rulebook.offsets[1:] >= rulebook.offsets[:-1]).all()
     assert pair_set(rulebook) == brute_force_submanifold(coords)  # scans 0-3 touch: no pair crosses them
     coarse, down = sparse.downsample_rulebook(coords)
     parent = {tuple(row): n for n, row in enumerate(coarse.tolist())}
@@ -188,8 +189,11 @@ def test_empty_input():
     assert features.grad.shape == (0, 3) and (subm.conv.weight.grad == 0).all()
 
 
+@pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("kind", ["subm", "down", "up"])
-def test_custom_backward_passes_gradcheck(kind):
+def test_custom_backward_passes_gradcheck(kind, wide, monkeypatch):
+    """Both ways of multiplying: batched over chunks (narrow layers) and a matmul per offset (wide ones)."""
+    monkeypatch.setattr(sparse, "WIDE", 1 if wide else 10 ** 9)
     torch.manual_seed(7)
     coords = random_sites(8, batch=2, count=12)
     fine_count = len(coords)
@@ -218,6 +222,7 @@ def test_the_students_gradients_equal_plain_autograds_with_and_without_checkpoin
     results = []
     for plain, checkpointing in ((True, False), (False, False), (False, True)):
         torch.manual_seed(10)
+        monkeypatch.setattr(sparse, "WIDE", 16 * 16)  # the tiny preset's wider layers multiply per offset
         student = Student(StudentConfig(preset="tiny")).double().train()
         student.checkpoint_stages = checkpointing
         with monkeypatch.context() as patch:

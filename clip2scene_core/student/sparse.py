@@ -2,8 +2,9 @@
 
 spconv's CPU build has a racy scatter-add (wrong sums with more than one thread) and every spconv
 build fails in backward on a machine without CUDA (ENVIRONMENT.md). So on CPU the same layers run
-through rulebooks computed here and gather-matmul-scatter in torch, which is deterministic, takes
-any number of threads and has autograd. The weights are spconv's own parameters (layout
+through rulebooks computed here and gather-matmul-scatter in torch (a few large operations per layer,
+and a backward of its own that keeps only the layer's input), which is deterministic and takes any
+number of threads. The weights are spconv's own parameters (layout
 (C_out, k, k, k, C_in)) in both paths, so a checkpoint trained on one runs on the other; tests check
 both against dense conv3d and against each other.
 """
@@ -17,17 +18,15 @@ import torch
 import torch.nn as nn
 
 
-CHUNK = 128  # rows of one batched matmul: each offset's pairs are padded to whole chunks
-
-
 @dataclass
 class Rulebook:
-    """Pairs (input row, output row) grouped by kernel offset, each offset padded to whole chunks of CHUNK
-    pairs, so that one batched matmul does every offset.
+    """Pairs (input row, output row) grouped by kernel offset, each offset padded to whole chunks of `chunk`
+    pairs, so that one batched matmul does every offset (or, for wide layers, one matmul per offset).
 
-    inputs, outputs: (M,) int64, M a multiple of CHUNK; padding pairs are (num_in, num_out), a zero row and
-    a spare row. offsets: (M // CHUNK,) int64, the kernel offset of each chunk. centre: the offset whose
-    pairs are (n, n) for every site (a submanifold's centre: a plain matmul, not in the pairs), or None.
+    inputs, outputs: (M,) int64, M a multiple of chunk; padding pairs are (num_in, num_out), a zero row and
+    a spare row. offsets: (M // chunk,) int64, the kernel offset of each chunk; sizes: rows per offset
+    (K ints, multiples of chunk). centre: the offset whose pairs are (n, n) for every site (a submanifold's
+    centre: a plain matmul, not in the pairs), or None.
     """
 
     inputs: torch.Tensor
@@ -35,22 +34,28 @@ class Rulebook:
     offsets: torch.Tensor
     num_in: int
     num_out: int
+    chunk: int
+    sizes: list[int]
     centre: int | None = None
 
 
 def _chunked(inputs, outputs, offsets, kernel_size, num_in, num_out, centre=None) -> Rulebook:
-    """The Rulebook of pairs sorted by offset (offsets: (P,) the offset of each pair)."""
+    """The Rulebook of pairs sorted by offset (offsets: (P,) the offset of each pair).
+
+    Chunks of a power of two rows near an eighth of the pairs per offset, 8 to 128: few large matmuls where
+    the pairs are many, little padding where they are few (the coarse, wide layers)."""
     counts = torch.bincount(offsets, minlength=kernel_size)
-    chunks = (counts + CHUNK - 1) // CHUNK
-    start = torch.cumsum(chunks * CHUNK, 0) - chunks * CHUNK
+    chunk = 2 ** min(7, max(3, (len(offsets) // (8 * kernel_size)).bit_length() - 1))
+    chunks = (counts + chunk - 1) // chunk
+    start = torch.cumsum(chunks * chunk, 0) - chunks * chunk
     first = torch.cumsum(counts, 0) - counts
     position = start[offsets] + torch.arange(len(offsets), device=offsets.device) - first[offsets]
-    size = int(chunks.sum()) * CHUNK
+    size = int(chunks.sum()) * chunk
     padded_in = torch.full((size,), num_in, dtype=torch.long, device=offsets.device)
     padded_out = torch.full((size,), num_out, dtype=torch.long, device=offsets.device)
     padded_in[position], padded_out[position] = inputs, outputs
     chunk_offsets = torch.repeat_interleave(torch.arange(kernel_size, device=offsets.device), chunks)
-    return Rulebook(padded_in, padded_out, chunk_offsets, num_in, num_out, centre)
+    return Rulebook(padded_in, padded_out, chunk_offsets, num_in, num_out, chunk, (chunks * chunk).tolist(), centre)
 
 
 @dataclass
@@ -120,23 +125,46 @@ def downsample_rulebook(coords: torch.Tensor) -> tuple[torch.Tensor, Rulebook]:
     return unique, _chunked(rows, inverse[rows], offset[rows], 8, len(coords), len(unique))
 
 
+WIDE = 64 * 64  # C_in * C_out from which a matmul per offset beats one batched matmul over chunks
+
+
 def _gather(features: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """(M // CHUNK, CHUNK, C): features[rows], with row N a zero row."""
+    """(M, C): features[rows], with row N a zero row."""
     padded = torch.cat([features, features.new_zeros(1, features.shape[1])])
-    return padded.index_select(0, rows).view(-1, CHUNK, features.shape[1])
+    return padded.index_select(0, rows)
+
+
+def _offset_products(rows: torch.Tensor, weight: torch.Tensor, rulebook: Rulebook) -> torch.Tensor:
+    """(M, C_out): each row of rows (M, C_in) times the weight (K, C_in, C_out) of its pair's offset."""
+    count, c_in, c_out = weight.shape
+    if c_in * c_out >= WIDE:  # each offset's matmul is large; copies of the weight per chunk would cost more
+        return torch.cat([part @ weight[k] for k, part in enumerate(rows.split(rulebook.sizes)) if len(part)])
+    # index_select on the weight's transposed views is slow: copy the (small) weight to its layout first.
+    per_chunk = weight.contiguous().index_select(0, rulebook.offsets)
+    return torch.bmm(rows.view(-1, rulebook.chunk, c_in), per_chunk).view(-1, c_out)
+
+
+def _weight_gradient(rows: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, rulebook: Rulebook):
+    """(K, C_in, C_out): sum over pairs of rows (M, C_in) outer grad (M, C_out), per offset."""
+    count, c_in, c_out = weight.shape
+    if c_in * c_out >= WIDE:
+        parts = zip(rows.split(rulebook.sizes), grad.split(rulebook.sizes))
+        return torch.stack([x.T @ g if len(x) else weight.new_zeros(c_in, c_out) for x, g in parts])
+    per_chunk = torch.bmm(rows.view(-1, rulebook.chunk, c_in).transpose(1, 2), grad.view(-1, rulebook.chunk, c_out))
+    return torch.zeros_like(weight).index_add_(0, rulebook.offsets, per_chunk)
 
 
 def _convolve(features: torch.Tensor, weight: torch.Tensor, rulebook: Rulebook, transpose: bool) -> torch.Tensor:
     """out[o] = sum over pairs (i, o, k) of features[i] @ weight[k] (weight (K, C_in, C_out)); transpose
-    runs the pairs backwards, (o, i, k). One gather, one batched matmul, one index_add."""
+    runs the pairs backwards, (o, i, k). One gather, one batched matmul (or one per offset), one index_add."""
     sources, targets, size = rulebook.inputs, rulebook.outputs, rulebook.num_out
     if transpose:
         sources, targets, size = targets, sources, rulebook.num_in
-    products = torch.bmm(_gather(features, sources), weight.index_select(0, rulebook.offsets))
+    products = _offset_products(_gather(features, sources), weight, rulebook)
     out = features.new_zeros(size + 1, weight.shape[2])
     if rulebook.centre is not None:
         out[:size] = features @ weight[rulebook.centre]
-    return out.index_add_(0, targets, products.view(-1, weight.shape[2]))[:size]
+    return out.index_add_(0, targets, products)[:size]
 
 
 class _SparseConv(torch.autograd.Function):
@@ -159,8 +187,7 @@ class _SparseConv(torch.autograd.Function):
             sources, targets = rulebook.inputs, rulebook.outputs
             if transpose:
                 sources, targets = targets, sources
-            per_chunk = torch.bmm(_gather(features, sources).transpose(1, 2), _gather(grad, targets))
-            grad_weight = torch.zeros_like(weight).index_add_(0, rulebook.offsets, per_chunk)
+            grad_weight = _weight_gradient(_gather(features, sources), _gather(grad, targets), weight, rulebook)
             if rulebook.centre is not None:
                 grad_weight[rulebook.centre] += features.T @ grad
         return grad_features, grad_weight, None, None
