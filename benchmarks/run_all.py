@@ -53,7 +53,7 @@ def summary() -> list[tuple[str, str, str]]:
                          f"matmul peak", "small 35k: >= 4x or > 50 %; paper: >= 2x"))
     for variant, figures in load("training_memory").get("summary", {}).items():
         rows.append((f"training small cpu, {variant} convolution", f"{figures['peak_memory_mb']:.0f} MB peak, step "
-                     f"{figures['step_ratio_median']:.2f}x the reference's (median, separate processes)", "<= 3 GB"))
+                     f"{figures['step_ratio_median']:.2f}x the reference's (median)", "<= 3 GB"))
     for row in load("training").get("rows", []):
         rows.append((f"training {row['preset']} {row['device']}", f"{row['scans_per_s']:.2f} scans/s, "
                      f"{row['peak_memory_mb']:.0f} MB peak", ""))
