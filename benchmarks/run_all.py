@@ -44,6 +44,16 @@ def summary() -> list[tuple[str, str, str]]:
     for row in load("student_fast_path").get("rows", []):
         rows.append((f"student inference, {row['path']} path, {row['preset']} {row['points'] // 1000}k points",
                      f"{row['median_ms']:.0f} ms median ({row['min_ms']:.0f} min), {row['ratio_to_old']:.2f} x old", ""))
+    convolution = load("student_convolution")
+    for row in convolution.get("rows", []):
+        if row["path"] == "batched":
+            rows.append((f"student U-Net, batched sparse convolution, {row['preset']} {row['points'] // 1000}k points",
+                         f"{row['median_ms']:.0f} ms median, {row['speedup_median']:.2f}x median / "
+                         f"{row['speedup_min']:.2f}x min over the reference, {100 * row['peak_fraction']:.0f} % of "
+                         f"matmul peak", "small 35k: >= 4x or > 50 %; paper: >= 2x"))
+    for variant, figures in load("training_memory").get("summary", {}).items():
+        rows.append((f"training small cpu, {variant} convolution", f"{figures['peak_memory_mb']:.0f} MB peak, step "
+                     f"{figures['step_ratio_median']:.2f}x the reference's (median)", "<= 3 GB"))
     for row in load("training").get("rows", []):
         rows.append((f"training {row['preset']} {row['device']}", f"{row['scans_per_s']:.2f} scans/s, "
                      f"{row['peak_memory_mb']:.0f} MB peak", ""))

@@ -9,6 +9,7 @@ Scans are synthetic-world sweeps tiled to the wanted point count (real LiDAR-lik
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -17,8 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import in_fresh_process, peak_memory_mb, reset_peak_memory, timed, write  # noqa: E402
+from reference_sparse import reference_path  # noqa: E402
 
 from clip2scene_core.data import open_source  # noqa: E402
+from clip2scene_core.student import sparse  # noqa: E402
 from clip2scene_core.student.network import Student, StudentConfig, make_batch  # noqa: E402
 from clip2scene_core.teacher import build_teacher  # noqa: E402
 from clip2scene_core.train import Pretrainer, TrainConfig  # noqa: E402
@@ -63,6 +66,17 @@ def matmul_peak_gflops(size: int = 1024, repeats: int = 5) -> float:
     return 2 * size ** 3 / (best / 1e3) / 1e9
 
 
+def interleaved(paths: dict, repeats: int) -> dict[str, list[float]]:
+    """Milliseconds of each path's function, one warm-up each, then repeats rounds of one run per path."""
+    samples = {name: [] for name in paths}
+    for function in paths.values():
+        function()
+    for _ in range(repeats):
+        for name, function in paths.items():
+            samples[name].append(timed(function, repeats=1, warmup=0)["p50_ms"])
+    return samples
+
+
 def fast_path_rows(counts: list[int], preset: str, repeats: int, peak_gflops: float) -> list[dict]:
     """The segmenter's student inference on the CPU, the old full path (per point, both heads, then
     classify) and the fast one (per voxel, folded head), interleaved. Against peak_gflops (this run's fp32
@@ -79,12 +93,7 @@ def fast_path_rows(counts: list[int], preset: str, repeats: int, peak_gflops: fl
     for count in counts:
         frame = Frame(points=scan_of(count, base), stamp_ns=0)
         paths = {"old": lambda: model.classify(model.features(frame)), "fast": lambda: model.infer(frame)}
-        samples = {name: [] for name in paths}
-        for function in paths.values():
-            function()  # warm-up
-        for _ in range(repeats):
-            for name, function in paths.items():
-                samples[name].append(timed(function, repeats=1, warmup=0)["p50_ms"])
+        samples = interleaved(paths, repeats)
         labels_equal = bool(np.array_equal(paths["old"]()[0], paths["fast"]()[0]))
         old_median = float(np.median(samples["old"]))
         voxels = len(model.voxel_features(frame)[0])
@@ -102,33 +111,103 @@ def fast_path_rows(counts: list[int], preset: str, repeats: int, peak_gflops: fl
     return rows
 
 
+def conv_gflop(network: Student, batch) -> float:
+    """The U-Net's useful convolution work for batch (pairs that exist, not padding), GFLOP."""
+    convolve, work = sparse._convolve, []
+
+    def counting(features, weight, rulebook, transpose):
+        pairs = int((rulebook.inputs < rulebook.num_in).sum()) + (len(features) if rulebook.centre is not None else 0)
+        work.append(2 * pairs * weight.shape[1] * weight.shape[2])
+        return convolve(features, weight, rulebook, transpose)
+
+    sparse._convolve = counting
+    try:
+        with torch.no_grad():
+            network.voxel_features(batch)
+    finally:
+        sparse._convolve = convolve
+    return sum(work) / 1e9
+
+
+def convolution_rows(counts: list[int], presets: list[str], repeats: int, peak_gflops: float) -> list[dict]:
+    """The U-Net (voxel_features) on the CPU path: the reference convolution (benchmarks/reference_sparse.py,
+    one search and one matmul per offset) against the batched one, interleaved; with the segmenter's labels
+    and scores through both. peak_fraction: useful convolution GFLOP/s over this run's matmul rate."""
+    from clip2scene_core.frame import Frame
+    from clip2scene_core.student.checkpoint import StudentModel
+    from clip2scene_core.teacher.text import HashTextEncoder
+
+    base = open_source("synthetic:frames=1,seed=0,cameras=1,width=64,height=48")[0].points
+    rows = []
+    for preset in presets:
+        torch.manual_seed(0)
+        network = Student(StudentConfig(preset=preset)).eval()
+        model = StudentModel(network, load_vocabulary("nuscenes"), HashTextEncoder(512))
+        for count in counts:
+            frame = Frame(points=scan_of(count, base), stamp_ns=0)
+            batch = make_batch([(frame.points, None)], network.config.voxel_size_m)
+
+            def batched():
+                with torch.no_grad():
+                    return network.voxel_features(batch)
+
+            def reference():
+                with torch.no_grad(), reference_path():
+                    return network.voxel_features(batch)
+
+            paths = {"reference": reference, "batched": batched}
+            samples = interleaved(paths, repeats)
+            labels, scores, _ = model.infer(frame)
+            with reference_path():
+                reference_labels, reference_scores, _ = model.infer(frame)
+            gflop = conv_gflop(network, batch)
+            for name in paths:
+                least, median = float(np.min(samples[name])), float(np.median(samples[name]))
+                rows.append({"path": name, "preset": preset, "points": count, "voxels": len(batch.coords),
+                             "min_ms": least, "median_ms": median,
+                             "speedup_min": float(np.min(samples["reference"])) / least,
+                             "speedup_median": float(np.median(samples["reference"])) / median,
+                             "conv_gflop": gflop, "peak_fraction": gflop / (median / 1e3) / peak_gflops,
+                             "labels_equal": bool(np.array_equal(labels, reference_labels)),
+                             "max_score_difference": float(np.abs(scores - reference_scores).max())})
+    return rows
+
+
 def scaling_exponent(rows: list[dict], device: str, precision: str) -> float:
     """Slope of log(latency) against log(points): 1.0 is linear."""
     chosen = [r for r in rows if r["device"] == device and r["precision"] == precision]
     return float(np.polyfit(np.log([r["points"] for r in chosen]), np.log([r["p50_ms"] for r in chosen]), 1)[0])
 
 
-def training_row(preset: str, steps: int) -> dict:
+def training_row(preset: str, steps: int, variant: str = "batched") -> dict:
+    """variant: "reference" (the reference convolution, plain autograd), "batched" (the package's convolution
+    and its backward) or "checkpointing" (batched, with activation checkpointing per U-Net stage)."""
     vocabulary = load_vocabulary("nuscenes")
     frames = list(open_source("synthetic:frames=4,seed=0,cameras=6,width=200,height=112,sweeps=2"))
     teacher = build_teacher("noisy:0.3", vocabulary, text_encoder="hash")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    config = TrainConfig(epochs=1, batch_size=2, sweeps=3, max_paired=0, optimizer="adamw", lr=1e-3)
+    config = TrainConfig(epochs=1, batch_size=2, sweeps=3, max_paired=0, optimizer="adamw", lr=1e-3,
+                         checkpoint_stages=variant == "checkpointing")
     trainer = Pretrainer([frames], teacher, StudentConfig(preset=preset), config, Path("build/bench_train"), device,
                          progress=False)
     reset_peak_memory(device.type)
 
     def step(positions):
-        loss = trainer._losses(trainer._samples(0, positions), 0, positions)["loss"]
-        trainer.optimizer.zero_grad()
-        loss.backward()
+        with reference_path() if variant == "reference" else contextlib.nullcontext():
+            samples = trainer._samples(0, positions, candidates=False)
+            scans = [(p, i) for sample in samples for p, i in zip(sample.points, sample.intensity)]
+            batch = make_batch(scans, trainer.student.config.voxel_size_m).to(device)
+            loss = trainer._losses(samples, batch, 0, positions, False)[0]["loss"]
+            trainer.optimizer.zero_grad()
+            loss.backward()
         trainer.optimizer.step()
 
     step([0, 1])  # warm-up
     seconds = [timed(lambda: step([(2 * k) % 4, (2 * k + 1) % 4]), repeats=1, warmup=0,
                      synchronize=device.type == "cuda")["p50_ms"] / 1e3 for k in range(steps)]
     peak = peak_memory_mb(device.type)
-    return {"device": device.type, "preset": preset, "points_per_scan": int(np.mean([len(f) for f in frames])),
+    return {"device": device.type, "preset": preset, "variant": variant, "min_step_s": float(np.min(seconds)),
+            "median_step_s": float(np.median(seconds)), "points_per_scan": int(np.mean([len(f) for f in frames])),
             "sweeps": 3, "scans_per_s": 2 / float(np.median(seconds)), "peak_memory_mb": peak,
             "parameters_m": sum(p.numel() for p in trainer.student.parameters()) / 1e6}
 
@@ -138,8 +217,29 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats, small preset only")
     parser.add_argument("--fast-path-only", action="store_true", dest="fast_path_only",
                         help="only the old-against-fast inference rows (student_fast_path.json)")
+    parser.add_argument("--convolution-only", action="store_true", dest="convolution_only",
+                        help="only the reference-against-batched convolution and training rows")
     args = parser.parse_args()
     peak = matmul_peak_gflops(1024)
+    write("student_convolution", convolution_rows([5_000, 35_000], ["small", "paper"], 3 if args.quick else 5, peak),
+          {"matmul_peak_gflops": peak, "matmul": "fp32 1024^3, best of 5, CPU",
+           "note": "U-Net forward (voxel_features), reference and batched interleaved in one process"})
+    # Peak memory of a fresh process per training row; the variants alternate, round after round.
+    variants = ["reference", "batched", "checkpointing"]
+    training = [in_fresh_process(training_row, "small", 2 if args.quick else 3, variant) for variant in variants]
+    summary = {}
+    for variant in variants:
+        rows = [row for row in training if row["variant"] == variant]
+        reference = [row for row in training if row["variant"] == "reference"]
+        summary[variant] = {
+            "peak_memory_mb": max(row["peak_memory_mb"] for row in rows),
+            "step_ratio_min": min(r["min_step_s"] for r in rows) / min(r["min_step_s"] for r in reference),
+            "step_ratio_median": float(np.median([r["median_step_s"] for r in rows])
+                                       / np.median([r["median_step_s"] for r in reference]))}
+    write("training_memory", training, {"summary": summary, "note": "small preset, 2 scans x 3 sweeps, noisy "
+                                        "teacher, 6 cameras, AdamW; CPU peak = the fresh process's peak RSS"})
+    if args.convolution_only:
+        return
     fast_counts = [5_000, 35_000] if args.quick or args.fast_path_only else [5_000, 35_000, 120_000]
     write("student_fast_path", fast_path_rows(fast_counts, "small", 3 if args.quick or args.fast_path_only else 7,
                                               peak),

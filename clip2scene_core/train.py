@@ -71,6 +71,7 @@ class TrainConfig:
         for unlabelled points always; from self_training_start of the epochs on, and only once the student
         agrees with the teacher on held-out paired points at least self_training_agreement.
     bn_recalibration: batches of each epoch's end over which BatchNorm statistics are recomputed (0: off).
+    checkpoint_stages: activation checkpointing per U-Net stage on the CPU path (same gradients, less memory).
     """
 
     epochs: int = 20
@@ -105,6 +106,7 @@ class TrainConfig:
     self_training_share: float = 0.5
     ema_decay: float = 0.99
     bn_recalibration: int = 4
+    checkpoint_stages: bool = False
     augment: bool = False               # measured to cost mIoU at the budgets here (README)
     rotation_deg: float = 180.0
     max_paired: int = 0
@@ -164,6 +166,7 @@ class Pretrainer:
         student_config.embed_dim = int(self.text.shape[1])
         torch.manual_seed(config.seed)
         self.student = Student(student_config).to(device)
+        self.student.checkpoint_stages = config.checkpoint_stages
         self.optimizer = make_optimizer(self.student.parameters(), config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.mean_teacher = MeanTeacher(self.student, config.ema_decay) if config.self_training else None

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from spconv.core import ConvAlgo
 
+from clip2scene_core.student import sparse
 from clip2scene_core.student.sparse import DownConv, SparseVoxels, SubMConv, UpConv
 
 SIZE = 8
@@ -140,3 +141,102 @@ def test_the_whole_student_gives_the_same_features_through_spconv():
         ours = student.voxel_features(batch, backend="torch")
         theirs = student.voxel_features(batch, backend="spconv")
     assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
+
+
+def pair_set(rulebook):
+    """{(input row, output row, offset)} of a Rulebook, padding dropped, a submanifold's centre included."""
+    offsets = rulebook.offsets.repeat_interleave(rulebook.chunk)
+    real = rulebook.inputs < rulebook.num_in
+    pairs = set(zip(rulebook.inputs[real].tolist(), rulebook.outputs[real].tolist(), offsets[real].tolist()))
+    if rulebook.centre is not None:
+        pairs |= {(n, n, rulebook.centre) for n in range(rulebook.num_in)}
+    return pairs
+
+
+def brute_force_submanifold(coords):
+    """Every (input q, output p, offset of q - p) with q - p in {-1, 0, 1}^3 and the same scan."""
+    delta = coords[None, :, :] - coords[:, None, :]  # [p, q] = q - p
+    near = (delta[..., 0] == 0) & (delta[..., 1:].abs() <= 1).all(-1)
+    p, q = torch.nonzero(near, as_tuple=True)
+    offset = ((delta[p, q, 1] + 1) * 9 + (delta[p, q, 2] + 1) * 3 + delta[p, q, 3] + 1)
+    return set(zip(q.tolist(), p.tolist(), offset.tolist()))
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_batched_rulebook_has_the_pairs_of_a_per_offset_search(seed):
+    coords = random_sites(seed, batch=3, count=150)
+    coords = torch.cat([coords, torch.tensor([[3, 0, 0, 0], [3, SIZE - 1, SIZE - 1, SIZE - 1], [3, 0, 0, 1]])])
+    rulebook = sparse.submanifold_rulebook(coords, 3)
+    assert len(rulebook.inputs) == len(rulebook.offsets) * rulebook.chunk == sum(rulebook.sizes)
+    assert (rulebook.offsets[1:] >= rulebook.offsets[:-1]).all()
+    assert pair_set(rulebook) == brute_force_submanifold(coords)  # scans 0-3 touch: no pair crosses them
+    coarse, down = sparse.downsample_rulebook(coords)
+    parent = {tuple(row): n for n, row in enumerate(coarse.tolist())}
+    expected = set()
+    for i, (b, x, y, z) in enumerate(coords.tolist()):
+        expected.add((i, parent[(b, x // 2, y // 2, z // 2)], (x % 2) * 4 + (y % 2) * 2 + z % 2))
+    assert pair_set(down) == expected and len(parent) == len(coarse)
+
+
+def test_empty_input():
+    coords = torch.zeros(0, 4, dtype=torch.long)
+    subm, down = SubMConv(3, 4).double(), DownConv(4, 5, "d").double()
+    up = UpConv(5, 2, "d").double()
+    features = torch.zeros(0, 3, dtype=torch.float64, requires_grad=True)
+    out = up(down(subm(SparseVoxels(features, coords, 1))))
+    assert out.features.shape == (0, 2)
+    out.features.sum().backward()
+    assert features.grad.shape == (0, 3) and (subm.conv.weight.grad == 0).all()
+
+
+@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize("kind", ["subm", "down", "up"])
+def test_custom_backward_passes_gradcheck(kind, wide, monkeypatch):
+    """Both ways of multiplying: batched over chunks (narrow layers) and a matmul per offset (wide ones)."""
+    monkeypatch.setattr(sparse, "WIDE", 1 if wide else 10 ** 9)
+    torch.manual_seed(7)
+    coords = random_sites(8, batch=2, count=12)
+    fine_count = len(coords)
+    if kind == "subm":
+        rulebook, count, rows, transpose = sparse.submanifold_rulebook(coords, 3), 27, fine_count, False
+    else:
+        coarse, rulebook = sparse.downsample_rulebook(coords)
+        transpose = kind == "up"
+        count, rows = 8, len(coarse) if transpose else fine_count
+    features = torch.randn(rows, 2, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(count, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f, w: sparse._SparseConv.apply(f, w, rulebook, transpose),
+                                    (features, weight))
+
+
+def test_the_students_gradients_equal_plain_autograds_with_and_without_checkpointing(monkeypatch):
+    """The whole tiny student, float64: the custom backward and stage checkpointing give plain autograd's
+    gradients, and recomputation leaves BatchNorm's running statistics as one forward does."""
+    from clip2scene_core.data import open_source
+    from clip2scene_core.student.network import Student, StudentConfig, make_batch
+
+    frame = open_source("synthetic:frames=1,seed=3,cameras=0")[0]
+    batch = make_batch([(frame.points[::2], frame.fields["intensity"][::2]), (frame.points[::5], None)], 0.2)
+    batch.features = batch.features.double()
+    upstream = None
+    results = []
+    for plain, checkpointing in ((True, False), (False, False), (False, True)):
+        torch.manual_seed(10)
+        monkeypatch.setattr(sparse, "WIDE", 16 * 16)  # the tiny preset's wider layers multiply per offset
+        student = Student(StudentConfig(preset="tiny")).double().train()
+        student.checkpoint_stages = checkpointing
+        with monkeypatch.context() as patch:
+            if plain:
+                patch.setattr(sparse._SparseConv, "apply", sparse._convolve)
+            features = student.voxel_features(batch)
+            upstream = torch.randn_like(features) if upstream is None else upstream
+            (features * upstream).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in student.parameters() if p.grad is not None])
+        stats = torch.cat([torch.cat([m.running_mean, m.running_var, m.num_batches_tracked[None]])
+                           for m in student.modules() if isinstance(m, torch.nn.BatchNorm1d)])
+        results.append((features.detach(), grads, stats))
+    for features, grads, stats in results[1:]:
+        assert torch.allclose(features, results[0][0], atol=1e-12)
+        assert torch.allclose(grads, results[0][1], atol=1e-10)
+        assert torch.equal(stats, results[0][2])
+    assert torch.equal(results[1][1], results[2][1])  # checkpointing recomputes exactly

@@ -8,6 +8,7 @@ argmax over classes of cos(semantic feature, class text embedding).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from ..errors import UsageError
 from ..geometry import voxelize
@@ -139,6 +141,25 @@ class Stage(nn.Module):
         return x
 
 
+def _recomputing_keeps_running_stats(stage: nn.Module):
+    """checkpoint's context_fn: the forward run again in backward must not count its batch a second time in
+    BatchNorm's running statistics."""
+    norms = [module for module in stage.modules() if isinstance(module, nn.BatchNorm1d)]
+
+    @contextlib.contextmanager
+    def recompute():
+        saved = [{name: buffer.clone() for name, buffer in norm.named_buffers()} for norm in norms]
+        try:
+            yield
+        finally:  # also when checkpoint stops the recomputation early (by an exception)
+            with torch.no_grad():
+                for norm, buffers in zip(norms, saved):
+                    for name, buffer in norm.named_buffers():
+                        buffer.copy_(buffers[name])
+
+    return contextlib.nullcontext(), recompute()
+
+
 @dataclass
 class VoxelBatch:
     """Scans voxelised for the network.
@@ -209,6 +230,9 @@ class Student(nn.Module):
         self.semantic_head = nn.Linear(d4, config.embed_dim)
         self.local_head = nn.Linear(d4, config.embed_dim)
         self.text_embeddings: torch.Tensor | None = None  # (C, D) for zero-shot prediction; not a parameter
+        # Activation checkpointing per U-Net stage when training (TrainConfig.checkpoint_stages): a stage's
+        # activations are recomputed in backward instead of kept; same gradients, less memory, more time.
+        self.checkpoint_stages = False
 
     def _sparse_input(self, batch: VoxelBatch, backend: str | None):
         if (backend or ("spconv" if batch.features.is_cuda else "torch")) == "spconv":
@@ -227,11 +251,17 @@ class Student(nn.Module):
         skips = []
         for down, bn, stage in zip(self.down, self.down_bn, self.encoder):
             skips.append(x)
-            x = stage(_act(down(x), bn))
+            x = self._stage(stage, _act(down(x), bn))
         for up, bn, stage, skip in zip(self.up, self.up_bn, self.decoder, reversed(skips)):
             x = _act(up(x), bn)
-            x = stage(x.replace_feature(torch.cat([x.features, skip.features], dim=1)))
+            x = self._stage(stage, x.replace_feature(torch.cat([x.features, skip.features], dim=1)))
         return x.features
+
+    def _stage(self, stage: Stage, x):
+        if not (self.checkpoint_stages and torch.is_grad_enabled() and isinstance(x, SparseVoxels)):
+            return stage(x)
+        return torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False,
+                                                 context_fn=lambda: _recomputing_keeps_running_stats(stage))
 
     def forward(self, batch: VoxelBatch, points: torch.Tensor | None = None,
                 normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
