@@ -192,8 +192,8 @@ def test_crop_mode_leaves_pixels_outside_the_crop_unlabelled(tiny, tmp_path):
 
 
 def label_vocabulary() -> Vocabulary:
-    return Vocabulary.from_dict({"name": "t", "classes": [{"name": "car", "ids": [17]}, {"name": "truck", "ids": [23]},
-                                                          {"name": "road", "ids": [24]}, {"name": "tree", "ids": [30]}]})
+    names = {"car": 17, "truck": 23, "road": 24, "tree": 30}
+    return Vocabulary.from_dict({"name": "t", "classes": [{"name": name, "ids": [i]} for name, i in names.items()]})
 
 
 def test_label_teacher_maps_raw_ids_and_uses_text_embeddings():
@@ -204,7 +204,8 @@ def test_label_teacher_maps_raw_ids_and_uses_text_embeddings():
     output = teacher.predict([camera("front", 30, 20, labels=raw)])
     pixel = output.at(0, np.array([[7.0, 7.0], [0.2, 0.3], [25, 15]]))
     assert pixel.labels.tolist() == [0, IGNORE, 2]
-    assert torch.equal(pixel.features[0], teacher.text_embeddings[0]) and torch.equal(pixel.features[1], torch.zeros(64))
+    assert torch.equal(pixel.features[0], teacher.text_embeddings[0])
+    assert torch.equal(pixel.features[1], torch.zeros(64))
     # A view's image-level embedding: the area-weighted mix of its classes (car 1/6 of this image, road the rest).
     view = np.full((48, 64), 24)
     view[:16, :32] = 17

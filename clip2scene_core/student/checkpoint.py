@@ -44,7 +44,8 @@ def save_checkpoint(path: str | Path, student: Student, **extra) -> Path:
 def read_checkpoint(path: str | Path, device="cpu") -> dict:
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a folder; give the .pt file (e.g. {path / 'checkpoints' / 'last.pt'})")
+        example = path / "checkpoints" / "last.pt"
+        raise CheckpointError(f"checkpoint {path} is a folder; give the .pt file (e.g. {example})")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist" if not path.exists() else
                               f"checkpoint {path} is not a regular file; give the .pt file")

@@ -35,7 +35,8 @@ def semantic_infonce(features: torch.Tensor, labels: torch.Tensor, text: torch.T
     return (log_all - log_positive).mean()
 
 
-def semantic_cross_entropy(features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, tau: float) -> torch.Tensor:
+def semantic_cross_entropy(features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor,
+                           tau: float) -> torch.Tensor:
     """Per-point softmax over the classes' text embeddings (what the released code trains with)."""
     if len(labels) == 0:
         return features.sum() * 0.0
