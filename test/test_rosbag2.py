@@ -152,3 +152,17 @@ def test_camera_outside_slop_leaves_a_lidar_only_frame(tmp_path):
     source = open_source(f"bag:{write_bag(frames, tmp_path / 'bag')}?slop_ms=50")
     assert len(source[0].cameras) == 1
     assert len(source) == 2 and source.sync_stats.partial >= 1
+
+
+def test_clouds_before_the_first_ego_pose_are_left_out_and_counted(tmp_path, caplog):
+    """A recorder that got clouds before the first odometry: those clouds cannot be placed; the rest is read."""
+    frames = list(open_source("synthetic:frames=3,seed=1,cameras=1,width=64,height=48"))
+    with BagWriter(tmp_path / "bag") as writer:
+        early, stamp = frames[0], frames[0].stamp_ns - 2_000_000_000
+        writer.write_message(writer.layout.lidar_topic, POINTCLOUD2, stamp, cloud_message(
+            conv.encode_cloud(early.points, early.fields, early.labels), stamp, early.frame_id))
+        for frame in frames:
+            writer.write_frame(frame)
+    source = open_source(f"bag:{tmp_path / 'bag'}")
+    assert source.unposed_clouds == 1 and "1 cloud(s) on /lidar/points outside the ego poses" in caplog.text
+    assert [frame.stamp_ns for frame in source] == [frame.stamp_ns for frame in frames]

@@ -394,7 +394,7 @@ class BagSource(FrameSource):
         camera_names = [self.camera_names[t] for t in self.camera_topics]
         sync = Synchronizer(camera_names, slop_ns=self.slop_ns, timeout_ns=None, queue_size=1_000_000)
         groups = []
-        self.skipped_clouds = 0
+        self.skipped_clouds = self.unposed_clouds = 0
         for part, reader in enumerate(readers):
             connections = [c for p, c in sum((topics.get(t, []) for t in wanted), []) if p == part]
             for connection, log_time, raw in self._messages(reader, connections, part):
@@ -451,6 +451,25 @@ class BagSource(FrameSource):
                         ref.stamp_ns * 1e-9, self.lidar_refs[-1].stamp_ns * 1e-9)
         self.skipped_clouds += 1
 
+    def _drop_unposed_clouds(self) -> None:
+        """Clouds before the first or after the last ego pose on /tf (a recording that started before odometry
+        arrived) are left out, counted in unposed_clouds, with one warning; the rest of the recording is read."""
+        posed = []
+        for group in self.groups:
+            try:
+                self._ego_pose(group.lidar.stamp_ns)
+                posed.append(group)
+            except TransformError as error:
+                last_error = error
+        self.unposed_clouds = len(self.groups) - len(posed)
+        if not posed:
+            raise SourceError(f"bag {self.path}: no cloud on {self.lidar_topic} can be placed: {last_error}; the "
+                              f"recording's /tf must cover its clouds")
+        if self.unposed_clouds:
+            log.warning("bag %s: %d cloud(s) on %s outside the ego poses on /tf left out (%s)", self.path,
+                        self.unposed_clouds, self.lidar_topic, last_error)
+        self.groups = posed
+
     def _check_calibration(self) -> None:
         """Decide the ego frame and drop cameras that cannot be placed, with a warning per camera."""
         lidar_frame = self.lidar_refs[0].frame_id
@@ -464,6 +483,8 @@ class BagSource(FrameSource):
         self.ego_frame = self.tree.root(lidar_frame, static_only=True) if lidar_frame in self.tree.frames else lidar_frame
         self.world_frame = self.tree.root(self.ego_frame)
         self.has_poses = self.world_frame != self.ego_frame
+        if self.has_poses:
+            self._drop_unposed_clouds()
         if self.sweeps and not self.has_poses:
             raise MissingPosesError(f"bag {self.path}: older sweeps need ego poses, but /tf has no transform to the "
                                     f"LiDAR's frame tree ({self.ego_frame!r}); record odometry on /tf or open the bag "
