@@ -11,7 +11,7 @@ RUN_ENV := HF_HUB_OFFLINE=1 FASTDDS_BUILTIN_TRANSPORTS=SHM MPLBACKEND=Agg
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-core.txt setup.py CMakeLists.txt package.xml $(wildcard msg/*.msg) tools/build_interfaces.sh tools/install_shared_ros.sh tools/venv_cmake_env.sh
+$(STAMP): requirements.txt requirements-core.txt setup.py CMakeLists.txt package.xml clip2scene_core/student/sparse_kernels.cpp $(wildcard msg/*.msg) tools/build_interfaces.sh tools/install_shared_ros.sh tools/venv_cmake_env.sh
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 10) <= v <= (3, 12) else "clip2scene needs Python 3.10-3.12, found %d.%d: run make PYTHON=python3.11" % v)'
 	@command -v cmake >/dev/null && (command -v c++ || command -v g++) >/dev/null || { echo "setup needs cmake and a C++ compiler: sudo apt-get install -y cmake g++" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

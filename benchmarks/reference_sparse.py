@@ -1,6 +1,7 @@
 """The reference for the student benchmarks: the CPU sparse convolution as merged before issue 12's item 2
 (commit c1dd485: one search per kernel offset for a rulebook, one matmul per offset between one gather and
-one index_add, plain autograd). Not used by the package; `reference_path()` swaps it into the layers."""
+one index_add, plain autograd; BatchNorm as its own pass). Not used by the package; `reference_path()` swaps it
+into the layers."""
 
 from __future__ import annotations
 
@@ -64,25 +65,34 @@ def apply(features, weight, sources, targets, size):
     return out.index_add_(0, torch.cat([targets[k] for k in used]), products)
 
 
-def _subm(self, x):
+def _finish(features, affine, residual):
+    """What the package's layers do with affine = (scale, shift) (a folded BatchNorm) and a residual."""
+    if affine is None:
+        return features
+    features = features * affine[0] + affine[1]
+    return features if residual is None else features + residual
+
+
+def _subm(self, x, affine=None, residual=None):
     name = f"ref-subm{self.kernel}:{len(x.coords)}:{self.key}"
     if name not in x.rulebooks:
         x.rulebooks[name] = submanifold_pairs(x.coords, self.kernel)
     sources, targets = x.rulebooks[name]
-    return x.replace_feature(apply(x.features, self.conv.weight, sources, targets, len(x.coords)))
+    return x.replace_feature(_finish(apply(x.features, self.conv.weight, sources, targets, len(x.coords)), affine,
+                                     residual))
 
 
-def _down(self, x):
+def _down(self, x, affine=None, residual=None):
     coarse, sources, targets = downsample_pairs(x.coords)
     x.rulebooks[f"ref-down:{self.key}"] = (x.coords, sources, targets)
-    return sparse.SparseVoxels(apply(x.features, self.conv.weight, sources, targets, len(coarse)), coarse,
-                               x.batch_size, x.rulebooks)
+    return sparse.SparseVoxels(_finish(apply(x.features, self.conv.weight, sources, targets, len(coarse)), affine,
+                                       residual), coarse, x.batch_size, x.rulebooks)
 
 
-def _up(self, x):
+def _up(self, x, affine=None, residual=None):
     fine, sources, targets = x.rulebooks[f"ref-down:{self.key}"]
-    return sparse.SparseVoxels(apply(x.features, self.conv.weight, targets, sources, len(fine)), fine,
-                               x.batch_size, x.rulebooks)
+    return sparse.SparseVoxels(_finish(apply(x.features, self.conv.weight, targets, sources, len(fine)), affine,
+                                       residual), fine, x.batch_size, x.rulebooks)
 
 
 @contextlib.contextmanager

@@ -110,7 +110,7 @@ def finetune(model: StudentModel, source: FrameSource, vocabulary: Vocabulary, c
             keep = target != IGNORE
             if not keep.any():  # scans whose points are all of classes outside the vocabulary teach nothing
                 continue
-            semantic, _ = network(batch, torch.nonzero(keep).squeeze(1))
+            semantic, _ = network.head_features(batch, torch.nonzero(keep).squeeze(1))
             logits = classifier(semantic)
             loss = F.cross_entropy(logits, target[keep]) + \
                 config.lovasz_weight * lovasz_softmax(torch.softmax(logits, dim=1), target[keep])

@@ -44,8 +44,8 @@ class MeanTeacher:
         """(labels, confidence) of the given points: softmax over the classes at the training temperature.
         Batch statistics, as the student's own forward pass in training."""
         self.model.train()
-        semantic, _ = self.model(batch, points)
-        confidence, labels = torch.softmax(semantic @ text.T / tau, dim=1).max(dim=1)
+        semantic, _ = self.model.head_features(batch, points)
+        confidence, labels = torch.softmax(semantic.dot(text) / tau, dim=1).max(dim=1)
         return labels, confidence
 
     def state_dict(self) -> dict:

@@ -35,6 +35,7 @@ from .geometry import transform_points
 from .samples import Sample, pair_frame, prepare_sample, seeded_rng
 from .self_training import MeanTeacher, confident
 from .student.checkpoint import CheckpointError, load_weights, read_checkpoint, save_checkpoint
+from .student.head import HeadFeatures
 from .student.losses import SEMANTIC_LOSSES, check_finite, feature_distillation, global_alignment, spatial_temporal
 from .student.network import Student, StudentConfig, VoxelBatch, make_batch, recalibrate_batchnorm
 from .teacher import Teacher
@@ -253,12 +254,12 @@ class Pretrainer:
         offsets = np.cumsum([0] + [sum(len(p) for p in sample.points) for sample in samples])
         index = torch.from_numpy(np.concatenate([sample.index + offset for sample, offset in zip(samples, offsets)]))
         index = index.to(self.device)
-        semantic, local = self.student(batch, index, normalize=config.normalize)
+        semantic, local = self.student.head_features(batch, index, normalize=config.normalize)
         if self_training:
             ema_labels, ema_confidence = self.mean_teacher.predict(batch, index, self.text, config.tau)
             trusted = confident(ema_labels, ema_confidence, config.self_training_share, len(self.text))
         totals = {"semantic": [], "spatial_temporal": [], "distillation": []}
-        views: list[tuple[torch.Tensor, torch.Tensor]] = []   # (point features, camera) of each sample
+        views: list[tuple[HeadFeatures, torch.Tensor]] = []   # (point features, camera) of each sample
         cameras = 0
         counts = {"agree": 0, "held_out": 0, "self_trained": 0, "loss_points": 0}
         semantic_loss = SEMANTIC_LOSSES[config.semantic_loss]
@@ -274,7 +275,8 @@ class Pretrainer:
             labels = device(sample.labels)
             held_out, paired = device(sample.held_out), device(sample.paired)
             if held_out.any():
-                guess = (features[held_out].detach() @ self.text.T).argmax(1)
+                with torch.no_grad():
+                    guess = features[held_out].dot(self.text).argmax(1)
                 counts["agree"] += int((guess == device(sample.teacher_labels)[held_out]).sum())
                 counts["held_out"] += int(held_out.sum())
             if self_training:
@@ -287,12 +289,14 @@ class Pretrainer:
             counts["loss_points"] += int(train.sum())
             totals["semantic"].append(semantic_loss(features[train], labels[train], self.text, config.tau))
             train_paired = train & paired
-            pixel_features = sample.pixel_features.to(self.device)[train_paired]
+            pixel_features = sample.pixel_features.to(self.device)
+            if not bool(train_paired.all()):
+                pixel_features = pixel_features[train_paired]
             if config.spatial_temporal:
                 # Groups are renumbered: held-out points may have left some empty.
                 groups = torch.unique(device(sample.groups)[train_paired], return_inverse=True)[1]
                 totals["spatial_temporal"].append(spatial_temporal(
-                    local[rows][train_paired], pixel_features, self.text[device(sample.labels)[train_paired]],
+                    local[rows][train_paired], pixel_features, device(sample.labels)[train_paired], self.text,
                     groups, config.attention_tau))
             if config.distill_weight:
                 totals["distillation"].append(feature_distillation(features[train_paired], pixel_features))
@@ -301,8 +305,9 @@ class Pretrainer:
                 cameras += len(sample.image_embeddings)
         if views:  # one contrast over all the batch's cameras
             embeddings = torch.cat([sample.image_embeddings for sample in samples]).to(self.device)
-            totals["global"] = [global_alignment(torch.cat([f for f, _ in views]), torch.cat([c for _, c in views]),
-                                                 embeddings, config.global_tau, config.global_min_points)]
+            totals["global"] = [global_alignment(HeadFeatures.cat([f for f, _ in views]),
+                                                 torch.cat([c for _, c in views]), embeddings, config.global_tau,
+                                                 config.global_min_points)]
         result = {name: torch.stack(values).mean() for name, values in totals.items() if values}
         result["loss"] = result["semantic"] + config.st_weight * result.get("spatial_temporal", 0.0) + \
             config.distill_weight * result.get("distillation", 0.0) + config.global_weight * result.get("global", 0.0)

@@ -67,6 +67,8 @@ def test_colcon_build_installs_package_interfaces_nodes_launch_and_config(tmp_pa
              "serialize_message(msg);"
              "from clip2scene_core.vocabulary import CONFIG_DIR, load_vocabulary;"
              "assert len(load_vocabulary('nuscenes')) == 16;"  # shipped vocabularies by name, from share/
+             "from clip2scene_core.student import sparse;"  # the CPU kernels, built by CMake
+             "print(sparse.Kernels._find(sparse.kernels().variant));"
              "print(m.__file__); print(clip2scene_core.__file__); print(CONFIG_DIR);"
              "print(a.get_package_share_directory('clip2scene_ros'))")
     result = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True,

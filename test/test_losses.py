@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clip2scene_core.student.head import HeadFeatures
 from clip2scene_core.student.losses import (feature_distillation, global_alignment, lovasz_softmax, pool_by_camera,
                                             semantic_cross_entropy, semantic_infonce, semantic_symmetric,
                                             spatial_temporal)
@@ -45,41 +46,41 @@ def test_spatial_temporal_by_hand():
     # One group of two pairs: pixels x, points p, both pairs labelled class 0 (t = [1, 0]).
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     p = torch.tensor([[0.6, 0.8], [0.8, 0.6]])
-    t = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    text, labels = torch.tensor([[1.0, 0.0]]), torch.tensor([0, 0])
     scores = [1.0, 0.0, 0.6, 0.8]                 # x0.t, x1.t, p0.t, p1.t with lambda = 1
     weights = [math.exp(s) for s in scores]
     total = sum(weights)
     fused = (weights[0] * x[0] + weights[1] * x[1] + weights[2] * p[0] + weights[3] * p[1]) / total
     expected = sum(1 - F.cosine_similarity(p[i], fused, dim=0) for i in range(2)) / 2
-    loss = spatial_temporal(p, x, t, torch.tensor([0, 0]))
+    loss = spatial_temporal(p, x, labels, text, torch.tensor([0, 0]))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_spatial_temporal_keeps_groups_apart():
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     p = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    t = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    together = spatial_temporal(p, x, t, torch.tensor([0, 0]))
-    apart = spatial_temporal(p, x, t, torch.tensor([0, 1]))
+    text, labels = torch.eye(2), torch.tensor([0, 1])
+    together = spatial_temporal(p, x, labels, text, torch.tensor([0, 0]))
+    apart = spatial_temporal(p, x, labels, text, torch.tensor([0, 1]))
     # Alone in its group with a pixel feature equal to it, each point is its fused feature: nothing to pull.
     # (The paper's 1 - sigmoid(p . f) would still be 1 - sigmoid(1) = 0.27 there.)
     assert apart.item() == pytest.approx(0.0, abs=1e-6)
     assert together > apart
     p.requires_grad_(True)
-    spatial_temporal(p, x, t, torch.tensor([0, 0])).backward()
+    spatial_temporal(p, x, labels, text, torch.tensor([0, 0])).backward()
     assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
 
 
 def test_spatial_temporal_pull_is_a_cosine():
     # A point alone with its pixel, at angle theta: fused = (a x + b p) / (a + b), and the loss is 1 - cos(p, fused).
-    x, t = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0]])
+    x, text = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0]])
     losses = []
     for theta in (0.2, 0.6, 1.2):
         p = torch.tensor([[math.cos(theta), math.sin(theta)]])
         a, b = math.exp(1.0), math.exp(math.cos(theta))
         fused = (a * x[0] + b * p[0]) / (a + b)
         expected = 1 - (p[0] @ fused).item() / fused.norm().item()
-        losses.append(spatial_temporal(p, x, t, torch.tensor([0])).item())
+        losses.append(spatial_temporal(p, x, torch.tensor([0]), text, torch.tensor([0])).item())
         assert losses[-1] == pytest.approx(expected, rel=1e-5)
     assert losses == sorted(losses)  # the further the point from its pixel, the stronger the pull
 
@@ -189,3 +190,50 @@ def test_alignment_options_are_checked_by_name():
         TrainConfig(global_weight=-1.0)
     with pytest.raises(ValueError, match="train.self_training with train.seen_classes"):
         TrainConfig(self_training=True, seen_classes=("car",))
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_factored_head_features_give_the_dense_features_losses_and_gradients(normalize):
+    """Training passes HeadFeatures (a head's output never built out): every loss, and its gradients with respect
+    to the decoder features and the head, as on the (M, D) matrix F.normalize(head(f)) (or head(f))."""
+    generator = torch.Generator().manual_seed(3)
+    head = torch.nn.Linear(6, 10).double()
+    decoder = torch.randn(40, 6, dtype=torch.float64, generator=generator, requires_grad=True)
+    text = F.normalize(torch.randn(4, 10, dtype=torch.float64, generator=generator), dim=1)
+    labels = torch.randint(0, 4, (40,), generator=generator)
+    pixels = torch.randn(40, 10, dtype=torch.float64, generator=generator)
+    groups = torch.randint(0, 7, (40,), generator=generator)
+    camera = torch.randint(0, 3, (40,), generator=generator)
+    images = torch.randn(3, 10, dtype=torch.float64, generator=generator)
+    losses = {"infonce": lambda f: semantic_infonce(f, labels, text, 0.1),
+              "cross entropy": lambda f: semantic_cross_entropy(f, labels, text, 0.1),
+              "spatial-temporal": lambda f: spatial_temporal(f, pixels, labels, text, groups),
+              "distillation": lambda f: feature_distillation(f, pixels),
+              "global": lambda f: global_alignment(f, camera, images, 0.1)}
+    parameters = [decoder, head.weight, head.bias]
+    for name, loss in losses.items():
+        dense = head(decoder)
+        expected = loss(F.normalize(dense, dim=1) if normalize else dense)
+        expected_gradients = torch.autograd.grad(expected, parameters)
+        factored = loss(HeadFeatures.from_linear(decoder, head, normalize))
+        gradients = torch.autograd.grad(factored, parameters)
+        assert factored.item() == pytest.approx(expected.item(), rel=1e-10), name
+        for mine, theirs in zip(gradients, expected_gradients):
+            assert torch.allclose(mine, theirs, atol=1e-10), name
+
+
+def test_factored_rows_select_and_join_like_the_dense_matrix():
+    generator = torch.Generator().manual_seed(4)
+    head = torch.nn.Linear(5, 8).double()
+    decoder = torch.randn(12, 5, dtype=torch.float64, generator=generator)
+    features = HeadFeatures.from_linear(decoder, head, normalize=True)
+    dense = F.normalize(head(decoder), dim=1)
+    mask = torch.arange(12) % 3 != 0
+    assert torch.allclose(features.dense(), dense)
+    assert torch.allclose(features.norms(), torch.ones(12, dtype=torch.float64))
+    assert torch.allclose(features[mask].dense(), dense[mask]) and torch.allclose(features[2:7].dense(), dense[2:7])
+    joined = HeadFeatures.cat([features[mask], features[:2]])
+    assert torch.allclose(joined.dense(), torch.cat([dense[mask], dense[:2]]))
+    assert torch.allclose(features.sum_by(torch.tensor([0, 1] * 6), 2), torch.stack([dense[::2].sum(0),
+                                                                                      dense[1::2].sum(0)]))
+    assert torch.allclose(HeadFeatures.of(dense).dense(), dense)

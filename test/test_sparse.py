@@ -1,6 +1,8 @@
 """Sparse convolutions against dense conv3d in float64 (forward and gradients, several threads), and
 against spconv's own forward, which the GPU path runs."""
 
+import ctypes
+
 import pytest
 import spconv.pytorch as spconv
 import torch
@@ -138,19 +140,15 @@ def test_the_whole_student_gives_the_same_features_through_spconv():
     frame = open_source("synthetic:frames=1,seed=3,cameras=0")[0]
     batch = make_batch([(frame.points, frame.fields["intensity"]), (frame.points[::2], None)], 0.2)
     with torch.no_grad():
-        ours = student.voxel_features(batch, backend="torch")
+        ours = student.voxel_features(batch, backend="cpu")
         theirs = student.voxel_features(batch, backend="spconv")
     assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
 
 
 def pair_set(rulebook):
-    """{(input row, output row, offset)} of a Rulebook, padding dropped, a submanifold's centre included."""
-    offsets = rulebook.offsets.repeat_interleave(rulebook.chunk)
-    real = rulebook.inputs < rulebook.num_in
-    pairs = set(zip(rulebook.inputs[real].tolist(), rulebook.outputs[real].tolist(), offsets[real].tolist()))
-    if rulebook.centre is not None:
-        pairs |= {(n, n, rulebook.centre) for n in range(rulebook.num_in)}
-    return pairs
+    """{(input row, output row, offset)} of a Rulebook."""
+    offsets = torch.repeat_interleave(torch.arange(len(rulebook.starts) - 1), rulebook.starts.diff())
+    return set(zip(rulebook.inputs.tolist(), rulebook.outputs.tolist(), offsets.tolist()))
 
 
 def brute_force_submanifold(coords):
@@ -162,20 +160,30 @@ def brute_force_submanifold(coords):
     return set(zip(q.tolist(), p.tolist(), offset.tolist()))
 
 
+def assert_rows_unique_per_offset(rulebook):
+    """What lets the kernel share an offset's pairs among threads: no row twice within one offset."""
+    bounds = rulebook.starts.tolist()
+    for begin, end in zip(bounds[:-1], bounds[1:]):
+        for rows in (rulebook.inputs[begin:end], rulebook.outputs[begin:end]):
+            assert len(torch.unique(rows)) == end - begin
+
+
 @pytest.mark.parametrize("seed", [5, 6])
-def test_batched_rulebook_has_the_pairs_of_a_per_offset_search(seed):
+def test_rulebooks_hold_exactly_the_pairs_of_a_brute_force_search(seed):
     coords = random_sites(seed, batch=3, count=150)
     coords = torch.cat([coords, torch.tensor([[3, 0, 0, 0], [3, SIZE - 1, SIZE - 1, SIZE - 1], [3, 0, 0, 1]])])
+    coords[:40, 1:] -= 5  # negative coordinates too
     rulebook = sparse.submanifold_rulebook(coords, 3)
-    assert len(rulebook.inputs) == len(rulebook.offsets) * rulebook.chunk == sum(rulebook.sizes)
-    assert (rulebook.offsets[1:] >= rulebook.offsets[:-1]).all()
+    assert len(rulebook.starts) == 28 and int(rulebook.starts[-1]) == len(rulebook.inputs) == len(rulebook.outputs)
     assert pair_set(rulebook) == brute_force_submanifold(coords)  # scans 0-3 touch: no pair crosses them
+    assert_rows_unique_per_offset(rulebook)
     coarse, down = sparse.downsample_rulebook(coords)
     parent = {tuple(row): n for n, row in enumerate(coarse.tolist())}
     expected = set()
     for i, (b, x, y, z) in enumerate(coords.tolist()):
         expected.add((i, parent[(b, x // 2, y // 2, z // 2)], (x % 2) * 4 + (y % 2) * 2 + z % 2))
-    assert pair_set(down) == expected and len(parent) == len(coarse)
+    assert pair_set(down) == expected and len(parent) == len(coarse) and down.num_out == len(coarse)
+    assert_rows_unique_per_offset(down)
 
 
 def test_empty_input():
@@ -189,28 +197,97 @@ def test_empty_input():
     assert features.grad.shape == (0, 3) and (subm.conv.weight.grad == 0).all()
 
 
-@pytest.mark.parametrize("wide", [False, True])
-@pytest.mark.parametrize("kind", ["subm", "down", "up"])
-def test_custom_backward_passes_gradcheck(kind, wide, monkeypatch):
-    """Both ways of multiplying: batched over chunks (narrow layers) and a matmul per offset (wide ones)."""
-    monkeypatch.setattr(sparse, "WIDE", 1 if wide else 10 ** 9)
-    torch.manual_seed(7)
-    coords = random_sites(8, batch=2, count=12)
-    fine_count = len(coords)
+def plain_convolve(features, weight, rulebook, transpose):
+    """The convolution in differentiable torch operations (a gather, a matmul and an index_add per offset)."""
+    sources, targets, size = rulebook.inputs, rulebook.outputs, rulebook.num_out
+    if transpose:
+        sources, targets, size = targets, sources, rulebook.num_in
+    out = features.new_zeros(size, weight.shape[2])
+    bounds = rulebook.starts.tolist()
+    for k, (begin, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+        out = out.index_add(0, targets[begin:end], features[sources[begin:end]] @ weight[k])
+    return out
+
+
+def rulebook_of(kind, coords):
+    """(rulebook, kernel offsets, input rows, transpose) of a layer kind on coords."""
     if kind == "subm":
-        rulebook, count, rows, transpose = sparse.submanifold_rulebook(coords, 3), 27, fine_count, False
-    else:
-        coarse, rulebook = sparse.downsample_rulebook(coords)
-        transpose = kind == "up"
-        count, rows = 8, len(coarse) if transpose else fine_count
+        return sparse.submanifold_rulebook(coords, 3), 27, len(coords), False
+    coarse, rulebook = sparse.downsample_rulebook(coords)
+    return rulebook, 8, len(coarse) if kind == "up" else len(coords), kind == "up"
+
+
+@pytest.fixture(params=[v for v in sparse.VARIANTS if sparse.Kernels._find(v, False)
+                        and sparse.Kernels.runs(ctypes.CDLL(str(sparse.Kernels._find("base"))), v)])
+def variant(request, monkeypatch):
+    """Each build of the kernels this machine has and runs (64-, 32- and 16-byte vectors on x86-64-v4)."""
+    monkeypatch.setattr(sparse, "_loaded", sparse.Kernels(request.param))
+    return request.param
+
+
+@pytest.mark.parametrize("c_out", [3, 59])
+@pytest.mark.parametrize("kind", ["subm", "down", "up"])
+def test_backward_passes_gradcheck_in_every_build(kind, c_out, variant):
+    """59 output columns: in every build, tiles of four (AVX-512), two and one vectors and of single columns."""
+    torch.manual_seed(7)
+    rulebook, count, rows, transpose = rulebook_of(kind, random_sites(8, batch=2, count=14))
     features = torch.randn(rows, 2, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(count, 2, 3, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(count, 2, c_out, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda f, w: sparse._SparseConv.apply(f, w, rulebook, transpose),
                                     (features, weight))
 
 
+@pytest.mark.parametrize("kind", ["subm", "down", "up"])
+def test_wide_layers_over_many_pairs_in_every_build_on_one_and_two_threads(kind, variant):
+    """More input channels than one pass of the kernel takes (128), more pairs per offset than one block (96) and
+    enough work for two threads: the plain gather-matmul-scatter's numbers in float64, and bit for bit the same
+    numbers on one thread and on two, in float32."""
+    torch.manual_seed(9)
+    generator = torch.Generator().manual_seed(9)
+    xyz = torch.unique(torch.randint(0, 24, (6000, 3), generator=generator), dim=0)
+    coords = torch.cat([torch.zeros(len(xyz), 1, dtype=torch.long), xyz], dim=1)
+    rulebook, count, rows, transpose = rulebook_of(kind, coords)
+    features = torch.randn(rows, 130, dtype=torch.float64)
+    weight = torch.randn(count, 130, 40, dtype=torch.float64)
+    assert torch.allclose(sparse.convolve(features, weight, rulebook, transpose),
+                          plain_convolve(features, weight, rulebook, transpose), atol=1e-9)
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        results.append(sparse.convolve(features.float(), weight.float(), rulebook, transpose))
+    assert torch.equal(results[0], results[1])
+
+
+def test_every_build_gives_the_same_student_features(monkeypatch):
+    from clip2scene_core.data import open_source
+    from clip2scene_core.student.network import Student, StudentConfig, make_batch
+
+    base = ctypes.CDLL(str(sparse.Kernels._find("base")))
+    builds = [v for v in sparse.VARIANTS if sparse.Kernels._find(v, False) and sparse.Kernels.runs(base, v)]
+    torch.manual_seed(11)
+    student = Student(StudentConfig(preset="small")).eval()
+    frame = open_source("synthetic:frames=1,seed=3,cameras=0")[0]
+    batch = make_batch([(frame.points, frame.fields["intensity"])], 0.1)
+    results = []
+    for build in builds:
+        monkeypatch.setattr(sparse, "_loaded", sparse.Kernels(build))
+        with torch.no_grad():
+            results.append(student.voxel_features(batch))
+    for features in results[1:]:
+        assert torch.allclose(features, results[0], atol=1e-5)
+
+
+def test_missing_kernels_are_named_with_the_way_to_build_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(sparse.Kernels, "FOLDER", tmp_path)
+    with pytest.raises(sparse.KernelsMissing, match="not built.*make setup.*colcon build"):
+        sparse.Kernels()
+    with pytest.raises(ValueError, match="variant 'v9'"):
+        monkeypatch.undo()
+        sparse.Kernels("v9")
+
+
 def test_the_students_gradients_equal_plain_autograds_with_and_without_checkpointing(monkeypatch):
-    """The whole tiny student, float64: the custom backward and stage checkpointing give plain autograd's
+    """The whole tiny student, float64: the kernels' backward and stage checkpointing give plain autograd's
     gradients, and recomputation leaves BatchNorm's running statistics as one forward does."""
     from clip2scene_core.data import open_source
     from clip2scene_core.student.network import Student, StudentConfig, make_batch
@@ -222,12 +299,11 @@ def test_the_students_gradients_equal_plain_autograds_with_and_without_checkpoin
     results = []
     for plain, checkpointing in ((True, False), (False, False), (False, True)):
         torch.manual_seed(10)
-        monkeypatch.setattr(sparse, "WIDE", 16 * 16)  # the tiny preset's wider layers multiply per offset
         student = Student(StudentConfig(preset="tiny")).double().train()
         student.checkpoint_stages = checkpointing
         with monkeypatch.context() as patch:
             if plain:
-                patch.setattr(sparse._SparseConv, "apply", sparse._convolve)
+                patch.setattr(sparse._SparseConv, "apply", plain_convolve)
             features = student.voxel_features(batch)
             upstream = torch.randn_like(features) if upstream is None else upstream
             (features * upstream).sum().backward()
@@ -238,5 +314,40 @@ def test_the_students_gradients_equal_plain_autograds_with_and_without_checkpoin
     for features, grads, stats in results[1:]:
         assert torch.allclose(features, results[0][0], atol=1e-12)
         assert torch.allclose(grads, results[0][1], atol=1e-10)
-        assert torch.equal(stats, results[0][2])
-    assert torch.equal(results[1][1], results[2][1])  # checkpointing recomputes exactly
+        assert torch.allclose(stats, results[0][2], atol=1e-12)
+    # Checkpointing recomputes exactly, and the recomputation does not count its batch a second time.
+    assert torch.equal(results[1][1], results[2][1]) and torch.equal(results[1][2], results[2][2])
+
+
+def randomized_batchnorm(student):
+    with torch.no_grad():
+        for module in student.modules():
+            if isinstance(module, torch.nn.BatchNorm1d):
+                module.running_mean.normal_(0.0, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 2.0)
+                module.bias.normal_(0.0, 0.2)
+
+
+def test_inference_folds_batchnorm_into_the_convolutions_and_follows_weight_changes():
+    """Without autograd, eval-mode BatchNorm is folded into each convolution: the same features as with autograd
+    on (BatchNorm after the convolution), also after the weights or the statistics are written in place."""
+    from clip2scene_core.data import open_source
+    from clip2scene_core.student.network import Student, StudentConfig, make_batch
+
+    torch.manual_seed(12)
+    student = Student(StudentConfig(preset="tiny")).double().eval()
+    randomized_batchnorm(student)
+    frame = open_source("synthetic:frames=1,seed=3,cameras=0")[0]
+    batch = make_batch([(frame.points, frame.fields["intensity"])], 0.2)
+    batch.features = batch.features.double()
+    for change in (None, "weight", "statistics"):
+        with torch.no_grad():
+            if change == "weight":
+                student.stem[1].conv.weight.mul_(-2.0)
+            elif change == "statistics":
+                student.stem_bn[1].running_var.mul_(3.0)
+            folded = student.voxel_features(batch)
+        with torch.enable_grad():
+            unfolded = student.voxel_features(batch)
+        assert torch.allclose(folded, unfolded.detach(), atol=1e-12), change

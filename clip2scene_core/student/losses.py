@@ -4,6 +4,9 @@ distillation (MCFA's local position alignment), MCFA's global semantic alignment
 Features are L2-normalised by default, so the paper's D(a, b) (a dot product) is a cosine similarity
 and a logit is bounded by 1 / tau: the temperature must be small (CLIP's 0.07) for a softmax over
 classes or points to become confident.
+
+Point features are HeadFeatures (head.py: a head's output kept factored, as training passes them) or a plain
+(M, D) matrix.
 """
 
 from __future__ import annotations
@@ -12,9 +15,14 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DivergedError
+from .head import EPS, HeadFeatures
 
 
-def semantic_infonce(features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, tau: float) -> torch.Tensor:
+def _factored(features) -> HeadFeatures:
+    return features if isinstance(features, HeadFeatures) else HeadFeatures.of(features)
+
+
+def semantic_infonce(features, labels: torch.Tensor, text: torch.Tensor, tau: float) -> torch.Tensor:
     """Semantic consistency (Eq. 1): each class's text embedding t_c is the anchor; the points whose pseudo
     label is c are its positives, every other paired point a negative:
 
@@ -25,25 +33,26 @@ def semantic_infonce(features: torch.Tensor, labels: torch.Tensor, text: torch.T
     The denominator holds the positives as well as the negatives (the usual InfoNCE form; the paper's
     extracted equation is ambiguous there), which keeps the loss >= 0.
     """
+    features = _factored(features)
     if len(labels) == 0:
-        return features.sum() * 0.0
+        return features.zero()
     present = torch.unique(labels)
-    logits = (features @ text[present].T) / tau                          # (M, classes present)
+    logits = features.dot(text[present]) / tau                           # (M, classes present)
     positive = labels[:, None] == present[None, :]
     log_all = torch.logsumexp(logits, dim=0)
     log_positive = torch.logsumexp(logits.masked_fill(~positive, float("-inf")), dim=0)
     return (log_all - log_positive).mean()
 
 
-def semantic_cross_entropy(features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor,
-                           tau: float) -> torch.Tensor:
+def semantic_cross_entropy(features, labels: torch.Tensor, text: torch.Tensor, tau: float) -> torch.Tensor:
     """Per-point softmax over the classes' text embeddings (what the released code trains with)."""
+    features = _factored(features)
     if len(labels) == 0:
-        return features.sum() * 0.0
-    return F.cross_entropy(features @ text.T / tau, labels)
+        return features.zero()
+    return F.cross_entropy(features.dot(text) / tau, labels)
 
 
-def semantic_symmetric(features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, tau: float) -> torch.Tensor:
+def semantic_symmetric(features, labels: torch.Tensor, text: torch.Tensor, tau: float) -> torch.Tensor:
     """Both directions of the contrast, as CLIP trains its two towers: the mean of the class-wise InfoNCE
     (Eq. 1, a class against the points) and the per-point cross-entropy (a point against the classes).
     Eq. 1 alone ranks the points for each class but never asks a point to prefer its own class, which is
@@ -55,7 +64,7 @@ SEMANTIC_LOSSES = {"infonce": semantic_infonce, "cross_entropy": semantic_cross_
                    "symmetric": semantic_symmetric}
 
 
-def spatial_temporal(point_features: torch.Tensor, pixel_features: torch.Tensor, label_text: torch.Tensor,
+def spatial_temporal(point_features, pixel_features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor,
                      groups: torch.Tensor, attention_tau: float = 1.0) -> torch.Tensor:
     """Spatial-temporal consistency (Eq. 2-4).
 
@@ -68,45 +77,50 @@ def spatial_temporal(point_features: torch.Tensor, pixel_features: torch.Tensor,
     The paper writes the pull as 1 - sigmoid(p . f); on unit vectors that is about 0.5 - 0.23 cos, a
     quarter-weight cosine that never reaches zero, so we use the cosine itself.
 
-    point_features, pixel_features, label_text: (M, D); lambda = attention_tau (paper 1).
+    point_features, pixel_features: (M, D); labels: (M,) each pair's pseudo label, t_i = text[labels[i]];
+    lambda = attention_tau (paper 1).
     """
+    point_features = _factored(point_features)
     if len(groups) == 0:
-        return point_features.sum() * 0.0
+        return point_features.zero()
     num_groups = int(groups.max()) + 1
-    pixel_score = (pixel_features * label_text).sum(1) / attention_tau
-    point_score = (point_features * label_text).sum(1) / attention_tau
+    pixel_score = (pixel_features @ text.T).gather(1, labels[:, None])[:, 0] / attention_tau
+    point_score = point_features.dot_rows(text, labels) / attention_tau
     # Softmax within each group, shifted by the group's largest score for numerical safety.
     highest = torch.full((num_groups,), float("-inf"), device=groups.device, dtype=point_score.dtype)
     highest = highest.scatter_reduce(0, groups, torch.maximum(pixel_score, point_score).detach(), reduce="amax")
     pixel_weight = torch.exp(pixel_score - highest[groups])
     point_weight = torch.exp(point_score - highest[groups])
-    fused = torch.zeros(num_groups, point_features.shape[1], dtype=point_features.dtype, device=groups.device)
-    fused = fused.index_add(0, groups, pixel_weight[:, None] * pixel_features + point_weight[:, None] * point_features)
+    fused = point_features.sum_by(groups, num_groups, point_weight)
+    for rows in torch.arange(len(groups), device=groups.device).split(16384):  # no (M, D) product at once
+        fused = fused.index_add(0, groups[rows], pixel_weight[rows, None] * pixel_features[rows])
     # The softmax's denominator is a positive scale per group: the cosine below does not depend on it.
-    # index_select keeps the backward deterministic on CPU (see Student.forward).
-    return (1 - F.cosine_similarity(point_features, fused.index_select(0, groups), dim=1)).mean()
+    unit = fused / fused.norm(dim=1, keepdim=True).clamp_min(EPS)
+    cosine = point_features.dot_rows(unit, groups) / point_features.norms().clamp_min(EPS)
+    return (1 - cosine).mean()
 
 
-def feature_distillation(point_features: torch.Tensor, pixel_features: torch.Tensor) -> torch.Tensor:
+def feature_distillation(point_features, pixel_features: torch.Tensor) -> torch.Tensor:
     """OpenScene's distillation, which is also MCFA's local position alignment: mean over pairs of
     1 - cos(point feature, the dense CLIP feature of the pixel it projects to)."""
+    point_features = _factored(point_features)
     if len(point_features) == 0:
-        return point_features.sum() * 0.0
-    return (1 - F.cosine_similarity(point_features, pixel_features, dim=1)).mean()
+        return point_features.zero()
+    lengths = point_features.norms() * pixel_features.norm(dim=1)
+    return (1 - point_features.dot_rows(pixel_features) / lengths.clamp_min(EPS)).mean()
 
 
-def pool_by_camera(point_features: torch.Tensor, camera: torch.Tensor, cameras: int) -> tuple[torch.Tensor,
-                                                                                               torch.Tensor]:
+def pool_by_camera(point_features, camera: torch.Tensor, cameras: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(cameras, D) unit mean of the unit point features each camera sees, and (cameras,) how many it sees.
 
     point_features: (M, D); camera: (M,) index in [0, cameras) of the camera each point is paired with."""
-    unit = F.normalize(point_features, dim=1)
-    pooled = torch.zeros(cameras, unit.shape[1], dtype=unit.dtype, device=unit.device).index_add(0, camera, unit)
+    point_features = _factored(point_features)
+    pooled = point_features.sum_by(camera, cameras, 1.0 / point_features.norms().clamp_min(EPS))
     counts = torch.bincount(camera, minlength=cameras)
     return F.normalize(pooled, dim=1), counts
 
 
-def global_alignment(point_features: torch.Tensor, camera: torch.Tensor, image_embeddings: torch.Tensor,
+def global_alignment(point_features, camera: torch.Tensor, image_embeddings: torch.Tensor,
                      tau: float, min_points: int = 1) -> torch.Tensor:
     """MCFA's global semantic alignment: the point features a camera sees, pooled, against the teacher's
     image-level embedding of that camera's view, contrasted across the batch's cameras (both directions,
@@ -116,10 +130,11 @@ def global_alignment(point_features: torch.Tensor, camera: torch.Tensor, image_e
     camera of the batch; tau: temperature. Cameras with fewer than min_points points take no part; with fewer
     than two cameras left there is nothing to contrast, and the loss is 0.
     """
+    point_features = _factored(point_features)
     pooled, counts = pool_by_camera(point_features, camera, len(image_embeddings))
     used = counts >= max(min_points, 1)
     if int(used.sum()) < 2:
-        return point_features.sum() * 0.0
+        return point_features.zero()
     logits = pooled[used] @ F.normalize(image_embeddings[used].to(pooled.dtype), dim=1).T / tau
     target = torch.arange(len(logits), device=logits.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))

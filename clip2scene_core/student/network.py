@@ -21,6 +21,7 @@ import torch.utils.checkpoint
 
 from ..errors import UsageError
 from ..geometry import voxelize
+from .head import HeadFeatures
 from .sparse import DownConv, SparseVoxels, SubMConv, UpConv
 
 # Channels: stem, four encoder stages, four decoder stages. "paper" is the released CLIP2Scene
@@ -109,8 +110,17 @@ class SparseBatchNorm(nn.BatchNorm1d):
         return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
 
 
-def _act(x, bn: nn.Module):
-    return x.replace_feature(F.relu(bn(x.features)))
+def _conv_bn_relu(conv: nn.Module, bn: nn.BatchNorm1d, x, residual: torch.Tensor | None = None):
+    """relu(bn(conv(x)) [+ residual]). On the CPU path at inference (no autograd, BatchNorm on its running
+    statistics), BatchNorm is folded into the convolution's weight and starting values and ReLU runs in place."""
+    if isinstance(x, SparseVoxels) and not torch.is_grad_enabled() and not bn.training:
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        y = conv(x, affine=(scale, bn.bias - bn.running_mean * scale), residual=residual)
+        y.features.relu_()
+        return y
+    y = conv(x)
+    normalized = bn(y.features)
+    return y.replace_feature(F.relu(normalized if residual is None else normalized + residual))
 
 
 class ResidualBlock(nn.Module):
@@ -124,10 +134,9 @@ class ResidualBlock(nn.Module):
         self.skip_bn = None if c_in == c_out else SparseBatchNorm(c_out)
 
     def forward(self, x):
-        y = _act(self.conv1(x), self.bn1)
-        y = self.conv2(y)
+        y = _conv_bn_relu(self.conv1, self.bn1, x)
         shortcut = x.features if self.skip is None else self.skip_bn(self.skip(x.features))
-        return y.replace_feature(F.relu(self.bn2(y.features) + shortcut))
+        return _conv_bn_relu(self.conv2, self.bn2, y, shortcut)
 
 
 class Stage(nn.Module):
@@ -235,7 +244,7 @@ class Student(nn.Module):
         self.checkpoint_stages = False
 
     def _sparse_input(self, batch: VoxelBatch, backend: str | None):
-        if (backend or ("spconv" if batch.features.is_cuda else "torch")) == "spconv":
+        if (backend or ("spconv" if batch.features.is_cuda else "cpu")) == "spconv":
             # spconv's fast path; the spatial shape must halve four times without cutting sites.
             shape = ((batch.coords[:, 1:].max(dim=0).values + 1 + 15) // 16 * 16).tolist()
             batch_size = int(batch.coords[:, 0].max()) + 1
@@ -244,16 +253,16 @@ class Student(nn.Module):
 
     def voxel_features(self, batch: VoxelBatch, backend: str | None = None) -> torch.Tensor:
         """(V, d4) decoder features of the voxels, in batch.coords order. backend: "spconv" (default on
-        CUDA) or "torch" (default on CPU, see sparse.py)."""
+        CUDA) or "cpu" (the kernels of sparse.py; default on CPU)."""
         x = self._sparse_input(batch, backend)
         for conv, bn in zip(self.stem, self.stem_bn):
-            x = _act(conv(x), bn)
+            x = _conv_bn_relu(conv, bn, x)
         skips = []
         for down, bn, stage in zip(self.down, self.down_bn, self.encoder):
             skips.append(x)
-            x = self._stage(stage, _act(down(x), bn))
+            x = self._stage(stage, _conv_bn_relu(down, bn, x))
         for up, bn, stage, skip in zip(self.up, self.up_bn, self.decoder, reversed(skips)):
-            x = _act(up(x), bn)
+            x = _conv_bn_relu(up, bn, x)
             x = self._stage(stage, x.replace_feature(torch.cat([x.features, skip.features], dim=1)))
         return x.features
 
@@ -263,17 +272,23 @@ class Student(nn.Module):
         return torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False,
                                                  context_fn=lambda: _recomputing_keeps_running_stats(stage))
 
-    def forward(self, batch: VoxelBatch, points: torch.Tensor | None = None,
-                normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """(semantic, local) point features. points: optional (M,) indices of the points wanted (default
-        all); training asks only for the points its losses use, which saves most of the head work.
-        normalize: L2-normalise the semantic features (the local ones always are)."""
+    def head_features(self, batch: VoxelBatch, points: torch.Tensor | None = None,
+                      normalize: bool = True) -> tuple[HeadFeatures, HeadFeatures]:
+        """(semantic, local) features of the points, factored (head.py: no (points, embed_dim) matrix is built).
+        points: optional (M,) indices of the points wanted (default all); training asks only for the points its
+        losses use. normalize: L2-normalise the semantic features (the local ones always are)."""
         voxel_of_point = batch.point_to_voxel if points is None else batch.point_to_voxel[points]
         # index_select, not [] indexing: its backward is a deterministic index_add on CPU, where the
         # backward of advanced indexing accumulates with atomics in a thread-dependent order.
         features = self.voxel_features(batch).index_select(0, voxel_of_point)
-        semantic = self.semantic_head(features)
-        return (F.normalize(semantic, dim=1) if normalize else semantic), F.normalize(self.local_head(features), dim=1)
+        return (HeadFeatures.from_linear(features, self.semantic_head, normalize),
+                HeadFeatures.from_linear(features, self.local_head, True))
+
+    def forward(self, batch: VoxelBatch, points: torch.Tensor | None = None,
+                normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(semantic, local) point features, each (M, embed_dim): head_features() built out."""
+        semantic, local = self.head_features(batch, points, normalize)
+        return semantic.dense(), local.dense()
 
     def set_text_embeddings(self, embeddings: torch.Tensor) -> None:
         if embeddings.shape[1] != self.config.embed_dim:
@@ -315,5 +330,6 @@ class Classifier(nn.Module):
         self.bias = nn.Parameter(torch.zeros(len(text_embeddings)))
         self.scale = scale
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.scale * (features @ self.weight.T + self.bias)
+    def forward(self, features: torch.Tensor | HeadFeatures) -> torch.Tensor:
+        products = features.dot(self.weight) if isinstance(features, HeadFeatures) else features @ self.weight.T
+        return self.scale * (products + self.bias)
