@@ -1,7 +1,7 @@
 """pip packaging for the virtual-environment install (`make setup`); colcon builds with CMakeLists.txt.
 
-Both build the CPU sparse-convolution kernels (clip2scene_core/student/sparse_kernels.cpp, plain C++17 loaded with
-ctypes): for any CPU, and on x86-64 also for AVX2 and AVX-512 (sparse.py picks what the CPU runs)."""
+Both build the CPU sparse-convolution kernels (clip2scene_core/student/sparse_kernels.cpp, plain C++17 and OpenMP,
+loaded with ctypes): for any CPU, and on x86-64 also for AVX2 and AVX-512 (sparse.py picks what the CPU runs)."""
 
 import os
 import platform
@@ -36,8 +36,8 @@ setup(
     package_data={"clip2scene_core": ["data/*.json"]},
     ext_modules=[Extension(f"clip2scene_core.student._sparse_kernels_{name}",
                            ["clip2scene_core/student/sparse_kernels.cpp"], language="c++",
-                           extra_compile_args=["-std=c++17", "-O3", "-ffp-contract=fast", "-pthread", *flags],
-                           extra_link_args=["-pthread"]) for name, flags in KERNEL_VARIANTS.items()],
+                           extra_compile_args=["-std=c++17", "-O3", "-ffp-contract=fast", "-fopenmp", *flags],
+                           extra_link_args=["-fopenmp"]) for name, flags in KERNEL_VARIANTS.items()],
     cmdclass={"build_ext": BuildKernels},
     # Found by clip2scene_core.vocabulary when the package is installed outside this tree.
     data_files=[("share/clip2scene_ros/config/vocabularies", sorted(glob("config/vocabularies/*.yaml"))),

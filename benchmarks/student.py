@@ -112,27 +112,38 @@ def fast_path_rows(counts: list[int], preset: str, repeats: int, peak_gflops: fl
 
 
 def conv_gflop(network: Student, batch) -> float:
-    """The U-Net's useful convolution work for batch (pairs that exist, not padding), GFLOP."""
-    convolve, work = sparse._convolve, []
+    """The U-Net's useful convolution work for batch (the pairs of its rulebooks), GFLOP."""
+    convolve, work = sparse.convolve, []
 
-    def counting(features, weight, rulebook, transpose):
-        pairs = int((rulebook.inputs < rulebook.num_in).sum()) + (len(features) if rulebook.centre is not None else 0)
-        work.append(2 * pairs * weight.shape[1] * weight.shape[2])
-        return convolve(features, weight, rulebook, transpose)
+    def counting(features, weight, rulebook, transpose=False, out=None):
+        work.append(2 * int(rulebook.starts[-1]) * weight.shape[1] * weight.shape[2])
+        return convolve(features, weight, rulebook, transpose, out)
 
-    sparse._convolve = counting
+    sparse.convolve = counting
     try:
         with torch.no_grad():
             network.voxel_features(batch)
     finally:
-        sparse._convolve = convolve
+        sparse.convolve = convolve
     return sum(work) / 1e9
 
 
-def convolution_rows(counts: list[int], presets: list[str], repeats: int, peak_gflops: float) -> list[dict]:
+def with_threads(function, threads: int):
+    def run():
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return function()
+        finally:
+            torch.set_num_threads(before)
+    return run
+
+
+def convolution_rows(counts: list[int], presets: list[str], repeats: int, peaks: dict[int, float]) -> list[dict]:
     """The U-Net (voxel_features) on the CPU path: the reference convolution (benchmarks/reference_sparse.py,
-    one search and one matmul per offset) against the batched one, interleaved; with the segmenter's labels
-    and scores through both. peak_fraction: useful convolution GFLOP/s over this run's matmul rate."""
+    one search and one matmul per offset, BatchNorm its own pass) against the package's kernels, on one thread
+    and on two, interleaved; with the segmenter's labels and scores through both. peak_fraction: useful
+    convolution GFLOP/s over this run's matmul rate on as many threads (peaks: threads -> GFLOP/s)."""
     from clip2scene_core.frame import Frame
     from clip2scene_core.student.checkpoint import StudentModel
     from clip2scene_core.teacher.text import HashTextEncoder
@@ -147,7 +158,7 @@ def convolution_rows(counts: list[int], presets: list[str], repeats: int, peak_g
             frame = Frame(points=scan_of(count, base), stamp_ns=0)
             batch = make_batch([(frame.points, None)], network.config.voxel_size_m)
 
-            def batched():
+            def kernels():
                 with torch.no_grad():
                     return network.voxel_features(batch)
 
@@ -155,7 +166,9 @@ def convolution_rows(counts: list[int], presets: list[str], repeats: int, peak_g
                 with torch.no_grad(), reference_path():
                     return network.voxel_features(batch)
 
-            paths = {"reference": reference, "batched": batched}
+            threads = {"reference": 1, "kernels": 1, "kernels, 2 threads": 2}
+            paths = {"reference": with_threads(reference, 1), "kernels": with_threads(kernels, 1),
+                     "kernels, 2 threads": with_threads(kernels, 2)}
             samples = interleaved(paths, repeats)
             labels, scores, _ = model.infer(frame)
             with reference_path():
@@ -164,10 +177,10 @@ def convolution_rows(counts: list[int], presets: list[str], repeats: int, peak_g
             for name in paths:
                 least, median = float(np.min(samples[name])), float(np.median(samples[name]))
                 rows.append({"path": name, "preset": preset, "points": count, "voxels": len(batch.coords),
-                             "min_ms": least, "median_ms": median,
+                             "threads": threads[name], "min_ms": least, "median_ms": median,
                              "speedup_min": float(np.min(samples["reference"])) / least,
                              "speedup_median": float(np.median(samples["reference"])) / median,
-                             "conv_gflop": gflop, "peak_fraction": gflop / (median / 1e3) / peak_gflops,
+                             "conv_gflop": gflop, "peak_fraction": gflop / (median / 1e3) / peaks[threads[name]],
                              "labels_equal": bool(np.array_equal(labels, reference_labels)),
                              "max_score_difference": float(np.abs(scores - reference_scores).max())})
     return rows
@@ -179,9 +192,9 @@ def scaling_exponent(rows: list[dict], device: str, precision: str) -> float:
     return float(np.polyfit(np.log([r["points"] for r in chosen]), np.log([r["p50_ms"] for r in chosen]), 1)[0])
 
 
-def training_row(preset: str, steps: int, variant: str = "batched") -> dict:
-    """variant: "reference" (the reference convolution, plain autograd), "batched" (the package's convolution
-    and its backward) or "checkpointing" (batched, with activation checkpointing per U-Net stage)."""
+def training_row(preset: str, steps: int, variant: str = "kernels") -> dict:
+    """variant: "reference" (the reference convolution, plain autograd), "kernels" (the package's convolution
+    and its backward) or "checkpointing" (kernels, with activation checkpointing per U-Net stage)."""
     vocabulary = load_vocabulary("nuscenes")
     frames = list(open_source("synthetic:frames=4,seed=0,cameras=6,width=200,height=112,sweeps=2"))
     teacher = build_teacher("noisy:0.3", vocabulary, text_encoder="hash")
@@ -218,14 +231,17 @@ def main() -> None:
     parser.add_argument("--fast-path-only", action="store_true", dest="fast_path_only",
                         help="only the old-against-fast inference rows (student_fast_path.json)")
     parser.add_argument("--convolution-only", action="store_true", dest="convolution_only",
-                        help="only the reference-against-batched convolution and training rows")
+                        help="only the reference-against-kernels convolution and training-memory rows")
     args = parser.parse_args()
-    peak = matmul_peak_gflops(1024)
-    write("student_convolution", convolution_rows([5_000, 35_000], ["small", "paper"], 3 if args.quick else 5, peak),
-          {"matmul_peak_gflops": peak, "matmul": "fp32 1024^3, best of 5, CPU",
-           "note": "U-Net forward (voxel_features), reference and batched interleaved in one process"})
-    # Peak memory of a fresh process per training row; the variants alternate, round after round.
-    variants = ["reference", "batched", "checkpointing"]
+    peaks = {threads: with_threads(lambda: matmul_peak_gflops(1024), threads)() for threads in (1, 2)}
+    peak = peaks[1]
+    write("student_convolution", convolution_rows([5_000, 35_000], ["small", "paper"], 3 if args.quick else 5, peaks),
+          {"matmul_peak_gflops": peak, "matmul_peak_gflops_2_threads": peaks[2],
+           "matmul": "fp32 1024^3, best of 5, CPU",
+           "kernels": sparse.kernels().describe(),
+           "note": "U-Net forward (voxel_features), reference and kernels interleaved in one process"})
+    # Peak memory of a fresh process per training row.
+    variants = ["reference", "kernels", "checkpointing"]
     training = [in_fresh_process(training_row, "small", 2 if args.quick else 3, variant) for variant in variants]
     summary = {}
     for variant in variants:
@@ -241,9 +257,9 @@ def main() -> None:
     if args.convolution_only:
         return
     fast_counts = [5_000, 35_000] if args.quick or args.fast_path_only else [5_000, 35_000, 120_000]
-    write("student_fast_path", fast_path_rows(fast_counts, "small", 3 if args.quick or args.fast_path_only else 7,
-                                              peak),
-          {"matmul_peak_gflops": peak, "matmul": "fp32 1024^3, best of 5, CPU",
+    repeats = 3 if args.quick or args.fast_path_only else 7
+    write("student_fast_path", with_threads(lambda: fast_path_rows(fast_counts, "small", repeats, peak), 1)(),
+          {"matmul_peak_gflops": peak, "matmul": "fp32 1024^3, best of 5, CPU, 1 thread",
            "note": "old: features() + classify() (per point, both heads); fast: infer() (per voxel, folded head)"})
     if args.fast_path_only:
         return
