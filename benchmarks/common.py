@@ -60,9 +60,19 @@ def reset_peak_memory(device: str) -> None:
 
 def peak_memory_mb(device: str) -> float:
     """CUDA: the allocator's peak since reset_peak_memory; CPU: the process's peak resident memory so far
-    (rows run smallest first, so each row's figure is the peak up to and including it)."""
+    (rows run smallest first, so each row's figure is the peak up to and including it).
+
+    On Linux the CPU figure is VmHWM, the peak of this process's own memory: getrusage's ru_maxrss in a
+    process started by spawn (in_fresh_process) begins at its parent's resident size when it forked."""
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

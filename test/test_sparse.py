@@ -1,8 +1,6 @@
 """Sparse convolutions against dense conv3d in float64 (forward and gradients, several threads), and
 against spconv's own forward, which the GPU path runs."""
 
-import ctypes
-
 import pytest
 import spconv.pytorch as spconv
 import torch
@@ -217,8 +215,7 @@ def rulebook_of(kind, coords):
     return rulebook, 8, len(coarse) if kind == "up" else len(coords), kind == "up"
 
 
-@pytest.fixture(params=[v for v in sparse.VARIANTS if sparse.Kernels._find(v, False)
-                        and sparse.Kernels.runs(ctypes.CDLL(str(sparse.Kernels._find("base"))), v)])
+@pytest.fixture(params=sparse.Kernels.available())
 def variant(request, monkeypatch):
     """Each build of the kernels this machine has and runs (64-, 32- and 16-byte vectors on x86-64-v4)."""
     monkeypatch.setattr(sparse, "_loaded", sparse.Kernels(request.param))
@@ -262,8 +259,7 @@ def test_every_build_gives_the_same_student_features(monkeypatch):
     from clip2scene_core.data import open_source
     from clip2scene_core.student.network import Student, StudentConfig, make_batch
 
-    base = ctypes.CDLL(str(sparse.Kernels._find("base")))
-    builds = [v for v in sparse.VARIANTS if sparse.Kernels._find(v, False) and sparse.Kernels.runs(base, v)]
+    builds = sparse.Kernels.available()
     torch.manual_seed(11)
     student = Student(StudentConfig(preset="small")).eval()
     frame = open_source("synthetic:frames=1,seed=3,cameras=0")[0]
@@ -277,13 +273,25 @@ def test_every_build_gives_the_same_student_features(monkeypatch):
         assert torch.allclose(features, results[0], atol=1e-5)
 
 
-def test_missing_kernels_are_named_with_the_way_to_build_them(tmp_path, monkeypatch):
+def test_missing_kernels_are_named_with_the_way_to_build_them(tiny_student, tmp_path, monkeypatch, capsys):
+    """An install without the compiled kernels: loading a student on the CPU is refused at once, and the CLI
+    says what to do (exit 2, no traceback)."""
+    from clip2scene_core.cli import main
+
+    with pytest.raises(ValueError, match="variant 'v9' is not one of those built here"):
+        sparse.Kernels("v9")
     monkeypatch.setattr(sparse.Kernels, "FOLDER", tmp_path)
+    monkeypatch.setattr(sparse, "_loaded", None)
     with pytest.raises(sparse.KernelsMissing, match="not built.*make setup.*colcon build"):
         sparse.Kernels()
-    with pytest.raises(ValueError, match="variant 'v9'"):
-        monkeypatch.undo()
-        sparse.Kernels("v9")
+    threads = torch.get_num_threads()
+    try:
+        code = main(["segment", "--checkpoint", str(tiny_student), "--data", "synthetic:frames=1,cameras=0",
+                     "--out", str(tmp_path / "out")])
+    finally:
+        torch.set_num_threads(threads)  # the CLI sets the thread count it chooses
+    error = capsys.readouterr().err
+    assert code == 2 and "CPU sparse-convolution kernels are not built" in error and "Traceback" not in error
 
 
 def test_the_students_gradients_equal_plain_autograds_with_and_without_checkpointing(monkeypatch):

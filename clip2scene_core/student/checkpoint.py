@@ -18,6 +18,7 @@ from ..errors import UserError
 from ..frame import Frame
 from ..vocabulary import Vocabulary
 from .network import Classifier, Student, StudentConfig, make_batch
+from .sparse import kernels
 
 FORMAT = "clip2scene-student-1"
 
@@ -175,6 +176,8 @@ class StudentModel:
                  logit_scale: float = 100.0, classifier=None, half: bool | None = None):
         self.network = student.to(device).eval()
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            kernels()  # a missing build of the CPU kernels is an error now, not at the first frame
         self.half = self.device.type == "cuda" if half is None else half  # fp16 inference on GPU
         self.text_encoder = text_encoder
         self.logit_scale = logit_scale

@@ -4,8 +4,8 @@ spconv's CPU build has a racy scatter-add (wrong sums with more than one thread)
 backward on a machine without CUDA (ENVIRONMENT.md), and its CPU forward is slower than ours. So on CPU the layers
 run through rulebooks and a gather-multiply-scatter kernel in sparse_kernels.cpp (built with the package, loaded
 here with ctypes): each layer is one call that multiplies register tiles of gathered rows by the offset's weight
-and adds them into the output rows, at most of the machine's matmul rate. It is deterministic for any number of
-threads (torch.get_num_threads()). Backward keeps only the layer's input: the input gradient is the same kernel
+and adds them into the output rows, near the machine's matmul rate on wide layers. Its results are the same for
+any number of threads (torch.get_num_threads()). Backward keeps only the layer's input: the input gradient is the same kernel
 over the pairs reversed, the weight gradient a matmul per offset. The weights are spconv's own parameters (layout
 (C_out, k, k, k, C_in)) in both paths, so a checkpoint trained on one runs on the other; tests check both
 against dense conv3d and against each other.
@@ -37,12 +37,12 @@ class Kernels:
     FOLDER = Path(__file__).resolve().parent
 
     def __init__(self, variant: str | None = None):
-        base = ctypes.CDLL(str(self._find("base")))  # the build for any CPU says what the CPU runs
-        if variant is None:
-            variant = next(v for v in VARIANTS if v == "base" or (self._find(v, False) and self.runs(base, v)))
-        elif variant not in VARIANTS or not (variant == "base" or self.runs(base, variant)):
-            raise ValueError(f"kernel variant {variant!r} is not one of {VARIANTS} this CPU runs")
-        library = base if variant == "base" else ctypes.CDLL(str(self._find(variant)))
+        available = self.available()
+        variant = variant or available[0]
+        if variant not in available:
+            raise ValueError(f"kernel variant {variant!r} is not one of those built here that this CPU runs "
+                             f"({', '.join(available)})")
+        library = ctypes.CDLL(str(self._find(variant)))
         pointer, size = ctypes.c_void_p, ctypes.c_int64
         for name in ("c2s_convolve_f32", "c2s_convolve_f64"):
             getattr(library, name).argtypes = [pointer, size, pointer, size, pointer, pointer, pointer, size, pointer,
@@ -54,9 +54,12 @@ class Kernels:
         self.library, self.variant = library, variant
         self.convolve = {torch.float32: library.c2s_convolve_f32, torch.float64: library.c2s_convolve_f64}
 
-    @staticmethod
-    def runs(base: ctypes.CDLL, variant: str) -> bool:
-        return variant == "base" or bool(getattr(base, f"c2s_cpu_runs_{variant}")())
+    @classmethod
+    def available(cls) -> list[str]:
+        """The variants built here that this CPU runs, widest first (the build for any CPU tells)."""
+        base = ctypes.CDLL(str(cls._find("base")))
+        return [variant for variant in VARIANTS if variant == "base" or
+                (cls._find(variant, required=False) and getattr(base, f"c2s_cpu_runs_{variant}")())]
 
     @classmethod
     def _find(cls, variant: str, required: bool = True) -> Path | None:
