@@ -35,24 +35,25 @@ def scan_of(points: int, base: np.ndarray) -> np.ndarray:
 
 
 def inference_rows(counts: list[int], preset: str, repeats: int) -> list[dict]:
+    """The segmenter's student step (StudentModel.infer: voxelise, U-Net, folded head, each point's label and
+    score back on the CPU), at torch's default thread count."""
+    from clip2scene_core.frame import Frame
+    from clip2scene_core.student.checkpoint import StudentModel
+    from clip2scene_core.teacher.text import HashTextEncoder
+
     base = open_source("synthetic:frames=1,seed=0,cameras=1,width=64,height=48")[0].points
     rows = []
-    devices = [("cpu", torch.float32)]
+    devices = [("cpu", False)]
     if torch.cuda.is_available():
-        devices += [("cuda", torch.float32), ("cuda", torch.float16)]
-    for device, dtype in devices:
-        network = Student(StudentConfig(preset=preset)).to(device).eval()
+        devices += [("cuda", False), ("cuda", True)]
+    for device, half in devices:
+        model = StudentModel(Student(StudentConfig(preset=preset)), load_vocabulary("nuscenes"), HashTextEncoder(512),
+                             device, half=half)
         for count in counts:
-            points = scan_of(count, base)
-
-            def step():
-                with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype == torch.float16):
-                    batch = make_batch([(points, None)], network.config.voxel_size_m).to(device)
-                    network(batch)
-
+            frame = Frame(points=scan_of(count, base), stamp_ns=0)
             reset_peak_memory(device)
-            result = timed(step, repeats=repeats, synchronize=device == "cuda")
-            rows.append({"device": device, "precision": "fp16" if dtype == torch.float16 else "fp32",
+            result = timed(lambda: model.infer(frame), repeats=repeats, synchronize=device == "cuda")
+            rows.append({"device": device, "precision": "fp16" if half else "fp32", "threads": torch.get_num_threads(),
                          "preset": preset, "points": count, "p50_ms": result["p50_ms"], "p95_ms": result["p95_ms"],
                          "peak_mb": peak_memory_mb(device)})
     return rows
@@ -225,59 +226,64 @@ def training_row(preset: str, steps: int, variant: str = "kernels") -> dict:
             "parameters_m": sum(p.numel() for p in trainer.student.parameters()) / 1e6}
 
 
+SECTIONS = ("convolution", "fast_path", "inference", "training")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, small preset only")
-    parser.add_argument("--fast-path-only", action="store_true", dest="fast_path_only",
-                        help="only the old-against-fast inference rows (student_fast_path.json)")
-    parser.add_argument("--convolution-only", action="store_true", dest="convolution_only",
-                        help="only the reference-against-kernels convolution and training-memory rows")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (default all): convolution "
+                             f"writes student_convolution.json and training_memory.json, fast_path student_fast_path."
+                             f"json, inference student_inference.json, training training.json")
     args = parser.parse_args()
+    sections = set(args.only.split(","))
+    if not sections <= set(SECTIONS):
+        parser.error(f"--only: unknown section(s) {', '.join(sorted(sections - set(SECTIONS)))}")
+    quick = args.quick
     peaks = {threads: with_threads(lambda: matmul_peak_gflops(1024), threads)() for threads in (1, 2)}
     peak = peaks[1]
-    write("student_convolution", convolution_rows([5_000, 35_000], ["small", "paper"], 3 if args.quick else 5, peaks),
-          {"matmul_peak_gflops": peak, "matmul_peak_gflops_2_threads": peaks[2],
-           "matmul": "fp32 1024^3, best of 5, CPU",
-           "kernels": sparse.kernels().describe(),
-           "note": "U-Net forward (voxel_features), reference and kernels interleaved in one process"})
-    # Peak memory of a fresh process per training row.
-    variants = ["reference", "kernels", "checkpointing"]
-    training = [in_fresh_process(training_row, "small", 2 if args.quick else 3, variant) for variant in variants]
-    summary = {}
-    for variant in variants:
-        rows = [row for row in training if row["variant"] == variant]
-        reference = [row for row in training if row["variant"] == "reference"]
-        summary[variant] = {
-            "peak_memory_mb": max(row["peak_memory_mb"] for row in rows),
-            "step_ratio_min": min(r["min_step_s"] for r in rows) / min(r["min_step_s"] for r in reference),
-            "step_ratio_median": float(np.median([r["median_step_s"] for r in rows])
-                                       / np.median([r["median_step_s"] for r in reference]))}
-    write("training_memory", training, {"summary": summary, "note": "small preset, 2 scans x 3 sweeps, noisy "
-                                        "teacher, 6 cameras, AdamW; CPU peak = the fresh process's peak RSS"})
-    if args.convolution_only:
-        return
-    fast_counts = [5_000, 35_000] if args.quick or args.fast_path_only else [5_000, 35_000, 120_000]
-    repeats = 3 if args.quick or args.fast_path_only else 7
-    write("student_fast_path", with_threads(lambda: fast_path_rows(fast_counts, "small", repeats, peak), 1)(),
-          {"matmul_peak_gflops": peak, "matmul": "fp32 1024^3, best of 5, CPU, 1 thread",
-           "note": "old: features() + classify() (per point, both heads); fast: infer() (per voxel, folded head)"})
-    if args.fast_path_only:
-        return
-    counts = [5_000, 35_000, 120_000, 250_000]
-    # Each preset (and each training run) in a fresh process: its peak memory is its own.
-    inference = in_fresh_process(inference_rows, counts, "small", 2 if args.quick else 5)
-    if not args.quick:
-        inference += in_fresh_process(inference_rows, counts, "paper", 3)
-    exponents = {f"{r['device']}/{r['precision']}/{r['preset']}": None for r in inference}
-    for key in exponents:
-        device, precision, preset = key.split("/")
-        rows = [r for r in inference if r["preset"] == preset]
-        exponents[key] = scaling_exponent(rows, device, precision)
-    write("student_inference", inference, {"scaling_exponent": exponents,
-                                           "note": "" if torch.cuda.is_available() else "CUDA not available"})
-    write("training", [in_fresh_process(training_row, preset, 2 if args.quick else 4)
-                       for preset in (["small"] if args.quick else ["small", "paper"])],
-          {"note": "noisy teacher, 6 cameras, batch 2, 3 sweeps per sample, AdamW"})
+    if "convolution" in sections:
+        write("student_convolution", convolution_rows([5_000, 35_000], ["small", "paper"], 3 if quick else 5, peaks),
+              {"matmul_peak_gflops": peak, "matmul_peak_gflops_2_threads": peaks[2],
+               "matmul": "fp32 1024^3, best of 5, CPU", "kernels": sparse.kernels().describe(),
+               "note": "U-Net forward (voxel_features), reference and kernels interleaved in one process"})
+        # Peak memory of a fresh process per training row.
+        variants = ["reference", "kernels", "checkpointing"]
+        training = [in_fresh_process(training_row, "small", 2 if quick else 3, variant) for variant in variants]
+        summary = {}
+        for variant in variants:
+            rows = [row for row in training if row["variant"] == variant]
+            reference = [row for row in training if row["variant"] == "reference"]
+            summary[variant] = {
+                "peak_memory_mb": max(row["peak_memory_mb"] for row in rows),
+                "step_ratio_min": min(r["min_step_s"] for r in rows) / min(r["min_step_s"] for r in reference),
+                "step_ratio_median": float(np.median([r["median_step_s"] for r in rows])
+                                           / np.median([r["median_step_s"] for r in reference]))}
+        write("training_memory", training, {"summary": summary, "note": "small preset, 2 scans x 3 sweeps, noisy "
+                                            "teacher, 6 cameras, AdamW; CPU peak = the fresh process's peak RSS"})
+    if "fast_path" in sections:
+        counts = [5_000, 35_000] if quick else [5_000, 35_000, 120_000]
+        write("student_fast_path", with_threads(lambda: fast_path_rows(counts, "small", 3 if quick else 7, peak), 1)(),
+              {"matmul_peak_gflops": peak, "matmul": "fp32 1024^3, best of 5, CPU, 1 thread",
+               "note": "old: features() + classify() (per point, both heads); fast: infer() (per voxel, folded head)"})
+    if "inference" in sections:
+        counts = [5_000, 35_000, 120_000, 250_000]
+        # Each preset (and each training run) in a fresh process: its peak memory is its own.
+        inference = in_fresh_process(inference_rows, counts, "small", 2 if quick else 9)
+        if not quick:
+            inference += in_fresh_process(inference_rows, counts, "paper", 5)
+        exponents = {f"{r['device']}/{r['precision']}/{r['preset']}": None for r in inference}
+        for key in exponents:
+            device, precision, preset = key.split("/")
+            rows = [r for r in inference if r["preset"] == preset]
+            exponents[key] = scaling_exponent(rows, device, precision)
+        write("student_inference", inference, {"scaling_exponent": exponents, "kernels": sparse.kernels().describe(),
+                                               "note": "" if torch.cuda.is_available() else "CUDA not available"})
+    if "training" in sections:
+        write("training", [in_fresh_process(training_row, preset, 2 if quick else 4)
+                           for preset in (["small"] if quick else ["small", "paper"])],
+              {"note": "noisy teacher, 6 cameras, batch 2, 3 sweeps per sample, AdamW"})
 
 
 if __name__ == "__main__":

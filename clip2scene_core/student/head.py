@@ -97,7 +97,9 @@ class HeadFeatures:
 
     def dense(self) -> torch.Tensor:
         """(M, D) the features themselves."""
-        return self._scaled(self.inputs @ self.head.T)
+        features = self.inputs @ self.head.T
+        # In place: a second (M, D) matrix is most of the time here (mm's backward does not need its output).
+        return features if self.scale is None else features.mul_(self.scale[:, None])
 
     def zero(self) -> torch.Tensor:
         """0, connected to the graph (a loss over no rows)."""
