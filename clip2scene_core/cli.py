@@ -185,14 +185,22 @@ def _seen_classes(args, vocabulary) -> list[str] | None:
 
 
 def _pretrain(args) -> int:
-    from .config import merge
-    from .segmenter import resolve_device
-    from .train import Pretrainer, dump_config, init_distributed
-    from .vocabulary import load_vocabulary
+    from .train import finish_distributed, init_distributed
 
     config = _config(args)
     output_folder(args.out, "--out")
     rank, world = init_distributed()
+    code = _pretrain_in_group(args, config, rank, world)
+    finish_distributed()  # after success only: a failed process ends at once, and torchrun stops the others
+    return code
+
+
+def _pretrain_in_group(args, config, rank: int, world: int) -> int:
+    from .config import merge
+    from .segmenter import resolve_device
+    from .train import Pretrainer, dump_config
+    from .vocabulary import load_vocabulary
+
     device = resolve_device(config.device)
     if device.type == "cuda" and world > 1:
         device = torch_device_for_rank()

@@ -460,6 +460,15 @@ def init_distributed() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
+def finish_distributed() -> None:
+    """Leave the process group together: a process that exits while its peers still write (rank 0 saves the last
+    checkpoint) can take gloo's threads down with it ("terminate called without an active exception", seen when
+    the steps became fast)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def dump_config(out: Path, config) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
