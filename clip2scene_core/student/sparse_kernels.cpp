@@ -52,7 +52,7 @@ void tile(const T* const* rows, const T* w, int64_t ldw, int64_t depth, T* const
   constexpr int width = sizeof(V) / sizeof(T);
   V acc[R][NV];
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = V{} * T(0);
+    for (int v = 0; v < NV; ++v) acc[r][v] = V{};
   for (int64_t c = 0; c < depth; ++c) {
     V wv[NV];
     for (int v = 0; v < NV; ++v) wv[v] = load<T, V>(w + c * ldw + v * width);
