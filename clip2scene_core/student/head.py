@@ -20,45 +20,44 @@ EPS = 1e-12  # as F.normalize
 
 
 class HeadFeatures:
-    """Rows h_i = A x_i, or h_i / |h_i| with normalize (what F.normalize gives); differentiable in x and A.
+    """Rows scale_i A x_i (scale None: 1); differentiable in x and A.
 
     inputs: (M, d + 1), each row ending in 1 for a head with bias; head: (D, d + 1).
     """
 
-    def __init__(self, inputs: torch.Tensor, head: torch.Tensor, normalize: bool, scale: torch.Tensor | None = None):
-        self.inputs, self.head, self.normalize = inputs, head, normalize
+    def __init__(self, inputs: torch.Tensor, head: torch.Tensor, scale: torch.Tensor | None = None):
+        self.inputs, self.head, self.scale = inputs, head, scale
         self._raw_norms = None
-        if normalize and scale is None:
-            scale = 1.0 / self.raw_norms().clamp_min(EPS)
-        self.scale = scale  # (M,) each row's factor, None: 1
 
     @classmethod
     def from_linear(cls, features: torch.Tensor, linear: nn.Linear, normalize: bool) -> HeadFeatures:
-        """linear(features), optionally normalised; features (M, d)."""
+        """linear(features), or with normalize F.normalize(linear(features)); features (M, d)."""
         inputs = torch.cat([features, features.new_ones(len(features), 1)], dim=1)
-        return cls(inputs, torch.cat([linear.weight, linear.bias[:, None]], dim=1), normalize)
+        result = cls(inputs, torch.cat([linear.weight, linear.bias[:, None]], dim=1))
+        if normalize:
+            result.scale = 1.0 / result.raw_norms().clamp_min(EPS)
+        return result
 
     @classmethod
     def of(cls, features: torch.Tensor) -> HeadFeatures:
         """Explicit (M, D) features (an identity head): lets the losses take a plain matrix."""
         size = features.shape[1]
         identity = torch.eye(size, size + 1, dtype=features.dtype, device=features.device)
-        return cls(torch.cat([features, features.new_zeros(len(features), 1)], dim=1), identity, False)
+        return cls(torch.cat([features, features.new_zeros(len(features), 1)], dim=1), identity)
 
     @classmethod
     def cat(cls, parts: list[HeadFeatures]) -> HeadFeatures:
         """The rows of parts of the same head, one after the other."""
         first = parts[0]
         scale = None if first.scale is None else torch.cat([part.scale for part in parts])
-        return cls(torch.cat([part.inputs for part in parts]), first.head, first.normalize, scale)
+        return cls(torch.cat([part.inputs for part in parts]), first.head, scale)
 
     def __len__(self) -> int:
         return len(self.inputs)
 
     def __getitem__(self, rows) -> HeadFeatures:
         """The rows selected by a slice, an index tensor or a boolean mask."""
-        part = HeadFeatures(self.inputs[rows], self.head, self.normalize, None if self.scale is None else
-                            self.scale[rows])
+        part = HeadFeatures(self.inputs[rows], self.head, None if self.scale is None else self.scale[rows])
         part._raw_norms = None if self._raw_norms is None else self._raw_norms[rows]
         return part
 

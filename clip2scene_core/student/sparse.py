@@ -28,7 +28,8 @@ class KernelsMissing(UserError, RuntimeError):
     """The compiled CPU kernels are not there (the package was installed without building them)."""
 
 
-VARIANTS = ("v4", "v3", "base")  # widest first: 64-byte (AVX-512F + FMA), 32-byte (AVX2 + FMA), 16-byte vectors
+# Widest first, with their vector bytes: AVX-512F + FMA, AVX2 + FMA, any CPU.
+VARIANTS = {"v4": 64, "v3": 32, "base": 16}
 
 
 class Kernels:
@@ -58,8 +59,8 @@ class Kernels:
     def available(cls) -> list[str]:
         """The variants built here that this CPU runs, widest first (the build for any CPU tells)."""
         base = ctypes.CDLL(str(cls._find("base")))
-        return [variant for variant in VARIANTS if variant == "base" or
-                (cls._find(variant, required=False) and getattr(base, f"c2s_cpu_runs_{variant}")())]
+        return [variant for variant, vector_bytes in VARIANTS.items()
+                if cls._find(variant, required=False) and base.c2s_cpu_runs(vector_bytes)]
 
     @classmethod
     def _find(cls, variant: str, required: bool = True) -> Path | None:

@@ -219,24 +219,16 @@ extern "C" {
 // The vector width (bytes) this build was compiled for.
 int c2s_vector_bytes() { return C2S_VECTOR_BYTES; }
 
-// Whether this CPU runs the builds with 64-byte (AVX-512F + FMA) and 32-byte (AVX2 + FMA) vectors; sparse.py asks
-// the build for any CPU before it loads a wider one.
-int c2s_cpu_runs_v4() {
+// Whether this CPU runs the build with vectors of this many bytes: 64 needs AVX-512F and FMA, 32 AVX2 and FMA;
+// sparse.py asks the build for any CPU before it loads a wider one.
+int c2s_cpu_runs(int vector_bytes) {
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
-#else
-  return 0;
+  const bool fma = __builtin_cpu_supports("fma");
+  if (vector_bytes == 64) return fma && __builtin_cpu_supports("avx512f");
+  if (vector_bytes == 32) return fma && __builtin_cpu_supports("avx2");
 #endif
-}
-
-int c2s_cpu_runs_v3() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-  return 0;
-#endif
+  return vector_bytes <= 16;
 }
 
 void c2s_convolve_f32(const float* in, int64_t c_in, const float* weight, int64_t c_out, const int64_t* pin,
