@@ -39,6 +39,16 @@ def node_parameters(checkpoint, calibration, **overrides):
     return parameters
 
 
+def spread_cloud(ros_node, count: int):
+    """A sweep stamped now whose points, spread at random over 100 x 100 x 5 m, fill a voxel each: slow to segment.
+    With the compiled kernels on one thread, 40k points are a few hundred ms of work for the tiny student."""
+    from clip2scene_ros import conversions
+
+    points = (np.random.default_rng(0).random((count, 3)) * [100, 100, 5] - [50, 50, 2]).astype(np.float32)
+    stamp = ros_node.get_clock().now().nanoseconds
+    return conversions.cloud_msg(conv.encode_cloud(points), conversions.header(stamp, "lidar"))
+
+
 def test_labelled_cloud_for_every_input_and_vocabulary_changes_at_run_time(ros_node, checkpoint, calibration,
                                                                             tmp_path):
     from rclpy.parameter import Parameter
@@ -205,7 +215,7 @@ def test_stale_sweeps_are_dropped_latency_is_from_the_stamp_and_debug_topics_on_
 
     with node_process("clip2scene_ros.segment_node", "config/segment_node.yaml",
                       node_parameters(checkpoint, calibration, camera_topics="[]", qos_durability="volatile",
-                                      max_age_ms=10000.0, qos_depth=10),  # room for the whole burst
+                                      threads=1, max_age_ms=10000.0, qos_depth=10),  # room for the whole burst
                       tmp_path / "segmenter.log") as segmenter:
         spin_until(ros_node, lambda: publisher.get_subscription_count() > 0
                    and ros_node.count_publishers("segmentation/info") > 0, 60, "the segmenter", [segmenter])
@@ -239,8 +249,10 @@ def test_stale_sweeps_are_dropped_latency_is_from_the_stamp_and_debug_topics_on_
         assert before.stale_clouds == 1 and before.arrival_latency_ms <= before.total_latency_ms
 
         # A burst of 10: the worker segments the one it is given first and the newest; the 8 or 9 between are
-        # replaced while they wait, and SegmentationInfo counts them.
-        burst = [cloud(0.0) for _ in range(10)]
+        # replaced while they wait, and SegmentationInfo counts them. The burst opens with a slow sweep so that the
+        # other 9 arrive while the worker is still on it however fast the student is (ordering, not the student's
+        # speed: the 9 small sweeps reach the node in a few ms, the slow one keeps the worker for far longer).
+        burst = [spread_cloud(ros_node, 160_000)] + [cloud(0.0) for _ in range(9)]
         stamps = [conv.stamp_to_ns(message.header.stamp) for message in burst]
         for message in burst:
             publisher.publish(message)
@@ -316,13 +328,6 @@ def test_parameter_service_answers_while_a_slow_sweep_is_segmented(ros_node, che
         float(kv.value) for s in d.status for kv in s.values if kv.key == "segmenting_for_s" and float(kv.value) > 0),
         20)
     publisher = ros_node.create_publisher(PointCloud2, "/lidar/points", 10)
-    def slow_cloud(count: int):
-        # Points spread at random over 100 x 100 x 5 m fill a voxel each: 40k are 1-3 s of work for the tiny
-        # student on one thread, long enough for a 1 Hz diagnostic to fall inside it (on a faster machine, 4x more).
-        points = (np.random.default_rng(0).random((count, 3)) * [100, 100, 5] - [50, 50, 2]).astype(np.float32)
-        stamp = ros_node.get_clock().now().nanoseconds
-        return conversions.cloud_msg(conv.encode_cloud(points), conversions.header(stamp, "lidar"))
-
     with node_process("clip2scene_ros.segment_node", "config/segment_node.yaml",
                       node_parameters(checkpoint, calibration, camera_topics="[]", qos_durability="volatile",
                                       threads=1), tmp_path / "segmenter.log") as segmenter:
@@ -330,7 +335,7 @@ def test_parameter_service_answers_while_a_slow_sweep_is_segmented(ros_node, che
         spin_until(ros_node, lambda: publisher.get_subscription_count() > 0 and client.services_are_ready()
                    and ros_node.count_publishers("segmentation/info") > 0, 60, "the segmenter", [segmenter])
         for count in (40_000, 160_000):
-            cloud = slow_cloud(count)
+            cloud = spread_cloud(ros_node, count)
             publisher.publish(cloud)
             spin_until(ros_node, lambda: bool(busy) or bool(infos), 60, "the worker busy on /diagnostics",
                        [segmenter])
