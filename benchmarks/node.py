@@ -171,12 +171,16 @@ def end_to_end_rows(workdir: Path, frames: int, quick: bool) -> list[dict]:
                               {"source": source, "rate_hz": 2.0, "wait_for_subscribers": 1,
                                "durability": "transient_local", "exit_when_done": "false",
                                "wait_for_topics": camera_topics(with_labels=mode != "student")}, log)
-            spin_while(node, lambda: min(len(infos), len(received)) < frames and segmenter.poll() is None, 600)
+            # Until every sweep is accounted for: segmented (and its labelled cloud received here) or dropped for a
+            # newer one while the worker was busy. The newest sweep is always segmented, so its info settles it.
+            spin_while(node, lambda: (len(received) < len(infos) or not infos or len(infos) + infos[-1].dropped_clouds
+                                      + infos[-1].stale_clouds < frames) and segmenter.poll() is None, 600)
             memory = rss_mb(segmenter.pid) if segmenter.poll() is None else float("nan")
             stop(publisher)
             stop(segmenter)
         for subscription in subscriptions:
             node.destroy_subscription(subscription)
+        dropped = infos[-1].dropped_clouds if infos else None
         # The first sweeps carry one-off costs (allocations, caches): left out of the percentiles.
         latency, infos = received[WARMUP:], infos[WARMUP:]
         stages = {}
@@ -184,7 +188,7 @@ def end_to_end_rows(workdir: Path, frames: int, quick: bool) -> list[dict]:
             for name, value in zip(info.stage_names, info.stage_latencies_ms):
                 stages.setdefault(name, []).append(value)
         rows.append({"mode": mode, "points": infos[0].num_points if infos else 0, "cameras": 6,
-                     "sweeps": len(latency), **percentiles(latency),
+                     "published": frames, "sweeps": len(latency), "dropped": dropped, **percentiles(latency),
                      "in_node_p50_ms": float(np.median([i.total_latency_ms for i in infos])) if infos else None,
                      **{f"{name}_p50_ms": float(np.median(v)) for name, v in stages.items()},
                      "node_rss_mb": memory})

@@ -69,7 +69,8 @@ def summary() -> list[tuple[str, str, str]]:
         if row["p50_ms"] is not None:
             rows.append((f"node end to end, {row['mode']}, {row['points'] // 1000}k points, 6 cameras",
                          f"p50 {row['p50_ms']:.0f} / p95 {row['p95_ms']:.0f} / p99 {row['p99_ms']:.0f} ms, "
-                         f"{row['node_rss_mb']:.0f} MB", ""))
+                         f"{row['node_rss_mb']:.0f} MB" + (f", {row['dropped']} of {row['published']} sweeps dropped"
+                                                            if row.get("dropped") else ""), ""))
     for row in load("node_parameters_during_inference").get("rows", []):
         if row["p50_ms"] is not None:
             rows.append((f"node get_parameters during inference ({row['points'] // 1000}k-point sweep of "
