@@ -322,7 +322,7 @@ def main() -> None:
                   {"note": "synthetic sweeps (~32k points) + six 400x224 jpeg cameras at 20 Hz, reliable QoS"})
         if wanted("parameters"):
             write("node_parameters_during_inference",
-                  parameters_rows(Path(folder), points=40_000, asks=5 if args.quick else 20),
+                  parameters_rows(Path(folder), points=200_000, asks=5 if args.quick else 20),
                   {"note": "get_parameters round trip from another process while the segmentation node's worker "
                            "segments one slow sweep (tiny student, 1 thread, random points), asked once "
                            "/diagnostics shows the worker busy; only answers received before the sweep's "
