@@ -294,6 +294,23 @@ def test_bad_start_up_parameters_end_the_node_with_an_error_not_a_traceback(tmp_
         assert result.returncode == 2 and message in output and "Traceback" not in output, output[-2000:]
 
 
+def test_a_student_node_without_the_compiled_kernels_says_how_to_build_them(world, tmp_path):
+    """An install whose C++ kernels were not built (no compiler): the student node ends at start-up with exit 2
+    and the CLI's message, not a traceback. clip2scene_core is copied without its .so files into the folder the
+    node runs in, where Python finds it before the installed one (a source tree: config/ beside it)."""
+    import shutil
+
+    shutil.copytree(ROOT / "clip2scene_core", tmp_path / "clip2scene_core",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    (tmp_path / "config").symlink_to(ROOT / "config")  # the shipped vocabularies, found beside the package
+    result = subprocess.run([sys.executable, "-m", "clip2scene_ros.segment_node", "--ros-args", "-p", "mode:=student",
+                             "-p", f"checkpoint:={world[1]}", "-p", "camera_topics:=[]"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "CPU sparse-convolution kernels are not built" in output, output[-2000:]
+    assert "make setup" in output and "Traceback" not in output, output[-2000:]
+
+
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
 def test_a_signal_ends_the_node_during_a_long_inference(ros_node, world, tmp_path, signal_name):
     """1.5 million points: seconds of inference on the CPU. The signal comes while the worker computes; the
