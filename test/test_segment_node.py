@@ -334,7 +334,7 @@ def test_parameter_service_answers_while_a_slow_sweep_is_segmented(ros_node, che
         client = AsyncParameterClient(ros_node, "clip2scene_segmenter")
         spin_until(ros_node, lambda: publisher.get_subscription_count() > 0 and client.services_are_ready()
                    and ros_node.count_publishers("segmentation/info") > 0, 60, "the segmenter", [segmenter])
-        for count in (40_000, 160_000):
+        for count in (40_000, 160_000, 640_000, 1_500_000):  # until a 1 Hz diagnostic falls inside one sweep
             cloud = spread_cloud(ros_node, count)
             publisher.publish(cloud)
             spin_until(ros_node, lambda: bool(busy) or bool(infos), 60, "the worker busy on /diagnostics",
