@@ -171,10 +171,13 @@ def end_to_end_rows(workdir: Path, frames: int, quick: bool) -> list[dict]:
                               {"source": source, "rate_hz": 2.0, "wait_for_subscribers": 1,
                                "durability": "transient_local", "exit_when_done": "false",
                                "wait_for_topics": camera_topics(with_labels=mode != "student")}, log)
-            # Until every sweep is accounted for: segmented (and its labelled cloud received here) or dropped for a
-            # newer one while the worker was busy. The newest sweep is always segmented, so its info settles it.
-            spin_while(node, lambda: (len(received) < len(infos) or not infos or len(infos) + infos[-1].dropped_clouds
-                                      + infos[-1].stale_clouds < frames) and segmenter.poll() is None, 600)
+            def settled() -> bool:
+                """Every sweep segmented (its labelled cloud received here) or dropped for a newer one while the
+                worker was busy. The newest sweep is always segmented, so its info has the final counts."""
+                return bool(infos) and len(received) >= len(infos) and \
+                    len(infos) + infos[-1].dropped_clouds + infos[-1].stale_clouds >= frames
+
+            spin_while(node, lambda: not settled() and segmenter.poll() is None, 600)
             memory = rss_mb(segmenter.pid) if segmenter.poll() is None else float("nan")
             stop(publisher)
             stop(segmenter)

@@ -5,8 +5,8 @@ backward on a machine without CUDA (ENVIRONMENT.md), and its CPU forward is slow
 run through rulebooks and a gather-multiply-scatter kernel in sparse_kernels.cpp (built with the package, loaded
 here with ctypes): each layer is one call that multiplies register tiles of gathered rows by the offset's weight
 and adds them into the output rows, near the machine's matmul rate on wide layers. Its results are the same for
-any number of threads (torch.get_num_threads()). Backward keeps only the layer's input: the input gradient is the same kernel
-over the pairs reversed, the weight gradient a matmul per offset. The weights are spconv's own parameters (layout
+any number of threads (torch.get_num_threads()). Backward keeps only the layer's input: the input gradient is
+the same kernel over the pairs reversed, the weight gradient a matmul per offset. The weights are spconv's own parameters (layout
 (C_out, k, k, k, C_in)) in both paths, so a checkpoint trained on one runs on the other; tests check both
 against dense conv3d and against each other.
 """
