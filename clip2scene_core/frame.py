@@ -49,6 +49,9 @@ class Camera:
     distortion: the model's coefficients (COEFFICIENTS[model] of them); 5 zeros for "none".
     stamp_ns: capture time, ns.
     label_image: optional (H, W) int64 raw label ids per pixel (synthetic world, 2D segmenters).
+    instance_image: optional (H, W) int64 persistent surface id per pixel (synthetic world): the same id for the
+        same world object (or patch of ground) in every frame and camera of a drive, other ids on another drive;
+        0 where nothing was hit. The CLIP-like proxy teacher ties its errors to it.
     depth: optional (H, W) float32 metres along the optical axis (RGB-D); 0 where unknown.
     ego_pose: optional (4, 4) ego -> world at stamp_ns, when the source knows it and it differs from
         the frame's (the camera fired at another time than the LiDAR); lets writers recover the static
@@ -63,6 +66,7 @@ class Camera:
     distortion_model: str = "none"
     distortion: np.ndarray = field(default_factory=lambda: np.zeros(5))
     label_image: np.ndarray | None = None
+    instance_image: np.ndarray | None = None
     depth: np.ndarray | None = None
     ego_pose: np.ndarray | None = None
     frame_id: str = ""
@@ -87,7 +91,7 @@ class Camera:
         if not np.all(np.isfinite(coefficients)):
             raise FrameError(f"{what}: distortion holds NaN or inf")
         self.distortion = coefficients
-        for name in ("label_image", "depth"):
+        for name in ("label_image", "instance_image", "depth"):
             extra = getattr(self, name)
             if extra is not None and np.shape(extra) != self.image.shape[:2]:
                 raise FrameError(f"{what}: {name} shape {np.shape(extra)} differs from the image's {self.image.shape[:2]}")

@@ -51,6 +51,7 @@ import numpy as np
 
 from ..frame import Camera, Frame
 from ..geometry import invert
+from ..hashing import mix
 from .source import FrameSource, SourceError
 from .synthetic_objects import (
     DRIVEABLE,
@@ -99,6 +100,7 @@ GROUND_COLOR = {DRIVEABLE: (0.33, 0.33, 0.35), OTHER_FLAT: (0.60, 0.56, 0.50), S
                 TERRAIN: (0.36, 0.48, 0.22)}
 GROUND_REFLECTIVITY = {DRIVEABLE: 0.07, OTHER_FLAT: 0.15, SIDEWALK: 0.18, TERRAIN: 0.12}
 MARKING_COLOR = np.array([[0, 0, 0], [0.92, 0.92, 0.90], [0.92, 0.76, 0.22]], dtype=np.float32)
+GROUND_CELL_M = 8.0  # ground is one surface per square of this edge in Camera.instance_image
 MARKING_REFLECTIVITY = 0.5  # retroreflective paint shows in LiDAR intensity as it does in the image
 SKY_HORIZON = np.array([0.80, 0.86, 0.92], dtype=np.float32)
 SKY_ZENITH = np.array([0.33, 0.53, 0.84], dtype=np.float32)
@@ -248,8 +250,10 @@ class SyntheticWorld(FrameSource):
         color[miss] = SKY_HORIZON + (SKY_ZENITH - SKY_HORIZON) * elevation[:, None]
         hit = np.flatnonzero(~miss)
         t = hits.t[hit]
-        label[hit], _, base = self._surface(scene, ego, rays.origin + t[:, None] * rays.dirs[hit], hits.prim[hit],
-                                               hits.tex[hit])
+        surface = rays.origin + t[:, None] * rays.dirs[hit]
+        label[hit], _, base = self._surface(scene, ego, surface, hits.prim[hit], hits.tex[hit])
+        instance = np.zeros(n, np.int64)
+        instance[hit] = self._surface_ids(scene, ego, surface, hits.prim[hit], label[hit])
         heading = ego[2]
         flat = math.cos(SUN_ELEVATION_RAD)
         sun = np.array([math.cos(self._sun_azimuth - heading) * flat, math.sin(self._sun_azimuth - heading) * flat,
@@ -266,8 +270,19 @@ class SyntheticWorld(FrameSource):
             depth = depth.reshape(rig.height, rig.width)
         return Camera(name=rig.name, image=image, intrinsics=rig.intrinsics, lidar_to_camera=rig.lidar_to_camera,
                       stamp_ns=stamp_ns, distortion_model="plumb_bob" if self.distortion else "none",
-                      distortion=rig.distortion, label_image=label.reshape(rig.height, rig.width), depth=depth,
-                      frame_id=rig.name.lower())
+                      distortion=rig.distortion, label_image=label.reshape(rig.height, rig.width),
+                      instance_image=instance.reshape(rig.height, rig.width), depth=depth, frame_id=rig.name.lower())
+
+    def _surface_ids(self, scene: Scene, ego, points: np.ndarray, prim: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Camera.instance_image values of surfaces at points (M, 3), ego frame, on prim (M,): one id per (world
+        object, label) and per GROUND_CELL_M square of ground and its label, mixed with the world's seed so another
+        drive has other ids; positive int31."""
+        on_object = prim >= 0
+        x, y = _world_xy(ego, points)
+        cells = np.floor(np.stack([x, y]) / GROUND_CELL_M).astype(np.int64)
+        objects = self._world.prim_obj[scene.source[np.where(on_object, prim, 0)]]
+        parts = np.where(on_object, [objects, np.zeros_like(objects)], cells)
+        return mix(self.seed, on_object, labels, parts[0], parts[1])
 
     def _surface(self, scene: Scene, ego, points: np.ndarray, prim: np.ndarray, tex: np.ndarray):
         """What rays hit at points (M, 3), ego frame, on prim (M,) (a scene primitive or GROUND):
@@ -285,11 +300,8 @@ class SyntheticWorld(FrameSource):
             color[glazed] = _windows(color[glazed], tex[glazed])
         ground = ~on_object
         if ground.any():
-            x, y, heading, s_ego = ego
-            c, s = math.cos(heading), math.sin(heading)
-            gx = x + c * points[ground, 0] - s * points[ground, 1]
-            gy = y + s * points[ground, 0] + c * points[ground, 1]
-            along, lateral = self._road.locate(gx, gy, s_ego)
+            gx, gy = _world_xy(ego, points[ground])
+            along, lateral = self._road.locate(gx, gy, ego[3])
             g_label, marking = self._layout.ground(along, lateral)
             labels[ground] = g_label
             g_reflect = np.select([g_label == k for k in GROUND_REFLECTIVITY], list(GROUND_REFLECTIVITY.values()))
@@ -299,6 +311,13 @@ class SyntheticWorld(FrameSource):
             g_color = g_color * _ground_texture(gx, gy, along, g_label)[:, None]
             color[ground] = np.where((marking > 0)[:, None], MARKING_COLOR[marking], g_color)
         return labels, reflectivity, color
+
+
+def _world_xy(ego, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """World x, y of ego-frame points (M, 3) at the ego state (x, y, heading, s)."""
+    x, y, heading, _ = ego
+    c, s = math.cos(heading), math.sin(heading)
+    return x + c * points[:, 0] - s * points[:, 1], y + s * points[:, 0] + c * points[:, 1]
 
 
 def _check_int(name: str, value, low: int, high: int) -> None:
@@ -312,7 +331,8 @@ def _copy_frame(frame: Frame) -> Frame:
     cameras = [Camera(name=c.name, image=c.image.copy(), intrinsics=c.intrinsics.copy(),
                       lidar_to_camera=c.lidar_to_camera.copy(), stamp_ns=c.stamp_ns,
                       distortion_model=c.distortion_model, distortion=c.distortion.copy(),
-                      label_image=c.label_image.copy(), depth=None if c.depth is None else c.depth.copy(),
+                      label_image=c.label_image.copy(), instance_image=c.instance_image.copy(),
+                      depth=None if c.depth is None else c.depth.copy(),
                       frame_id=c.frame_id) for c in frame.cameras]
     return Frame(points=frame.points.copy(), stamp_ns=frame.stamp_ns,
                  fields={k: v.copy() for k, v in frame.fields.items()}, lidar_to_ego=frame.lidar_to_ego.copy(),

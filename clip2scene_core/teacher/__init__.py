@@ -2,7 +2,9 @@
 
     maskclip          MaskCLIP dense features from CLIP (needs CLIP weights)
     labels[:NAME]     per-pixel class-id images of a 2D segmenter (bag topic <camera namespace>/NAME)
-    noisy:RATE        the label teacher corrupted at RATE (0-1) the way CLIP errs (experiments)
+    cliplike[:K=V,..] the synthetic world's stand-in for MaskCLIP: errors tied to objects and places, patch-level
+                      blur, group confusions, an informative confidence (teacher/proxy.py; the default there)
+    noisy:RATE        the label teacher corrupted at RATE (0-1) per image (the older stand-in, for comparison)
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def build_teacher(spec: str, vocabulary: Vocabulary, clip: ClipConfig | None = N
     error for the label teachers (offline data); otherwise it contributes no labels (live streams)."""
     from .labels import LabelImageTeacher, NoisyTeacher
     from .maskclip import MaskClipTeacher
+    from .proxy import CLIPLikeTeacher, parse_proxy
 
     clip = clip or ClipConfig()
     kind, _, argument = spec.partition(":")
@@ -60,16 +63,18 @@ def build_teacher(spec: str, vocabulary: Vocabulary, clip: ClipConfig | None = N
         if argument:
             raise UsageError(f"teacher {spec!r}: maskclip takes no argument (set the CLIP model in the config)")
         return MaskClipTeacher(vocabulary, clip, device, text_cache_dir=text_cache_dir)
-    if kind in ("labels", "noisy"):
+    if kind in ("labels", "noisy", "cliplike"):
         encoder = make_text_encoder(text_encoder, clip, device, text_cache_dir)
         if kind == "labels":
             return LabelImageTeacher(vocabulary, encoder, topic=label_images_name(spec), strict=strict)
+        if kind == "cliplike":
+            return CLIPLikeTeacher(LabelImageTeacher(vocabulary, encoder, strict=strict), parse_proxy(argument, seed))
         try:
             rate = float(argument)
         except ValueError:
             raise UsageError(f"teacher {spec!r}: write noisy:RATE with RATE between 0 and 1, e.g. noisy:0.3") from None
         return NoisyTeacher(LabelImageTeacher(vocabulary, encoder, strict=strict), rate, seed)
-    raise UsageError(f"unknown teacher {spec!r}; use maskclip, labels[:NAME] or noisy:RATE")
+    raise UsageError(f"unknown teacher {spec!r}; use maskclip, labels[:NAME], cliplike[:KEY=VALUE,...] or noisy:RATE")
 
 
 __all__ = ["ClipConfig", "ClipWeightsError", "PixelPredictions", "PointPredictions", "Teacher", "TeacherOutput",
