@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["teacher", "student", "node", "recording", "objects", "soak", "ablation", "seen_unseen"]
+BENCHMARKS = ["teacher", "teacher_proxy", "student", "training_speed", "node", "recording", "objects", "soak", "ablation",
+              "seen_unseen"]
 
 
 def load(name: str) -> dict:
@@ -93,10 +94,17 @@ def summary() -> list[tuple[str, str, str]]:
         rows.append((f"soak {row['messages']} messages at {row['rate_hz']} Hz",
                      f"RSS {row['rss_start_mb']:.0f} -> {row['rss_end_mb']:.0f} MB, slope "
                      f"{row['slope_mb_per_1000']:.2f} MB/1000 msgs", "flat"))
+    for row in load("teacher_proxy").get("rows", []):
+        rows.append((f"teacher {row['teacher']} on held-out drives", f"mIoU {row['miou_in_view']:.1f} in view / "
+                     f"{row['miou_filled_all']:.1f} filled all, AUROC {row['auroc']:.2f}", "AUROC >= 0.75"))
+    for row in load("training_speed").get("rows", []):
+        rows.append((f"training step: {row['row']}", f"{row['later_epochs_step_s']:.2f} s/step, "
+                     f"{row['speed_up_later_epochs']:.2f}x", ">= 4x"))
     for row in load("ablation").get("rows", []):
         seeds = row.get("seeds", 1)
         spread = f" +- {row['miou_all_std']:.1f}" if seeds > 1 else ""
-        rows.append((f"ablation: {row['row']}", f"mIoU {row['miou_all']:.1f}{spread} all / {row['miou_in_view']:.1f} "
+        held_out = f", held-out set {row['held_out']}" if "held_out" in row else ""
+        rows.append((f"ablation: {row['row']}{held_out}", f"mIoU {row['miou_all']:.1f}{spread} all / {row['miou_in_view']:.1f} "
                      f"in view" + (f", {seeds} seeds" if seeds > 1 else ""), ""))
     for row in load("seen_unseen").get("rows", []):
         seeds = row.get("seeds", 1)

@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(command):
         command.add_argument("--vocabulary", help="vocabulary YAML, or a shipped one: nuscenes, semantickitti, scannet")
-        command.add_argument("--teacher", help="maskclip, labels[:NAME] or noisy:RATE (default: the config's)")
+        command.add_argument("--teacher", help="maskclip, labels[:NAME], cliplike[:KEY=VALUE,...] or noisy:RATE (default: the config's)")
         command.add_argument("--config", help="YAML config; command-line options override it")
         command.add_argument("--device", help="auto, cpu or cuda")
         command.add_argument("--threads", type=int, default=0, metavar="N",

@@ -28,7 +28,7 @@ class ConfigError(UserError, ValueError):
 
 @dataclass
 class TeacherConfig:
-    """teacher: maskclip, labels[:NAME] or noisy:RATE. text_encoder: auto, clip or hash."""
+    """teacher: maskclip, labels[:NAME], cliplike[:KEY=VALUE,...] or noisy:RATE. text_encoder: auto, clip or hash."""
 
     name: str = "maskclip"
     text_encoder: str = "auto"

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from .data import FrameSource, SourceError
 from .errors import UsageError
-from .metrics import Evaluation
+from .metrics import Evaluation, NeighbourFill
 from .objects import ObjectConfig, Objects, box_outline, detect_objects, thing_mask
 from .render import birds_eye_view, mosaic, overlay, palette_colors, render_frame, save_png
 from .segmenter import Segmentation, Segmenter
@@ -100,9 +100,13 @@ def query_picture(frame, similarity: np.ndarray, threshold: float) -> np.ndarray
 
 
 def evaluate_source(source: FrameSource, segmenter: Segmenter, progress: bool = True,
-                    seen: list[str] | None = None) -> tuple[Evaluation, dict]:
+                    seen: list[str] | None = None,
+                    fill: bool | NeighbourFill | None = None) -> tuple[Evaluation, dict]:
     """Per-class IoU and mIoU over all points (unlabelled = wrong) and over in-view points; with seen classes
-    (names of the vocabulary), also seen mIoU, unseen mIoU and hIoU."""
+    (names of the vocabulary), also seen mIoU, unseen mIoU and hIoU. fill (None: whenever the segmenter's mode is
+    "teacher", whose projection labels only the points a camera sees): also over all points with each unlabelled
+    point filled from its labelled neighbours in the sweep (metrics.fill_from_neighbours; Evaluation.filled),
+    the fair baseline for a student that labels every point."""
     vocabulary = segmenter.vocabulary
     if not vocabulary.covers_ids:
         raise UsageError(f"vocabulary {vocabulary.name!r} lists no raw label ids: evaluation needs each class's "
@@ -111,7 +115,7 @@ def evaluate_source(source: FrameSource, segmenter: Segmenter, progress: bool = 
         raise SourceError("the source holds no frames to evaluate; check its path and its start/stop/step options")
     if seen:
         class_mask(vocabulary, seen, "seen classes")
-    evaluation = Evaluation.empty(vocabulary.names, seen)
+    evaluation = Evaluation.empty(vocabulary.names, seen, fill=segmenter.mode == "teacher" if fill is None else fill)
     timings, present, matched = [], set(), False
     for frame in tqdm(source, desc="evaluate", unit="frame", disable=not progress):
         if frame.labels is None:
@@ -122,7 +126,7 @@ def evaluate_source(source: FrameSource, segmenter: Segmenter, progress: bool = 
             matched = bool((target != IGNORE).any())
             present.update(np.unique(frame.labels).tolist())
         result = segmenter.segment(frame)
-        evaluation.update(result.labels, target, result.seen)
+        evaluation.update(result.labels, target, result.seen, frame.points)
         timings.append(result.timings_ms)
     if not matched:
         raise SourceError(no_matching_labels(np.array(sorted(present)), vocabulary, "evaluate"))
@@ -131,7 +135,8 @@ def evaluate_source(source: FrameSource, segmenter: Segmenter, progress: bool = 
 
 def write_report(out: Path, evaluation: Evaluation, timings: dict, source: FrameSource, segmenter: Segmenter,
                  about: dict) -> Path:
-    """evaluation.json, confusion matrices, per-class IoU bars and one rendered frame under out."""
+    """evaluation.json, confusion matrices (confusion_filled.png too when the evaluation has a neighbour-filled
+    row), per-class IoU bars and one rendered frame under out."""
     from .plots import confusion_matrix_png, iou_bars_png
 
     out = Path(out)
@@ -140,6 +145,8 @@ def write_report(out: Path, evaluation: Evaluation, timings: dict, source: Frame
     report.write_text(json.dumps({**about, **evaluation.to_dict(), "mean_timings_ms": timings}, indent=2))
     confusion_matrix_png(evaluation, out / "confusion_all.png")
     confusion_matrix_png(evaluation, out / "confusion_in_view.png", in_view=True)
+    if evaluation.filled is not None:
+        confusion_matrix_png(evaluation, out / "confusion_filled.png", filled=True)
     iou_bars_png(evaluation, out / "iou.png")
     frame = source[0]
     save_png(out / "frame.png", picture(frame, segmenter.segment(frame), segmenter.vocabulary))

@@ -77,9 +77,12 @@ class LivePipeline:
                                  {k: int(v * 1e6) for k, v in (offsets_ms or {}).items()},
                                  None if timeout_ms is None else int(timeout_ms * 1e6))
         self.intrinsics: dict[str, conv.Intrinsics] = {}
-        self.label_images: dict[str, dict[int, object]] = {name: {} for name in self.camera_names}
+        # Per-pixel images (messages.PIXEL_IMAGES: label ids, surface ids) by kind, camera and stamp.
+        self.pixel_images: dict[str, dict[str, dict[int, object]]] = {
+            kind: {name: {} for name in self.camera_names} for kind in conv.PIXEL_IMAGES}
+        self.expected: set[str] = set()  # the kinds a released sweep waits for: those seen so far
         self.label_wait_ns = int(label_wait_ms * 1e6)
-        self.waiting: deque = deque()  # released sweeps waiting for label images: (group, release time)
+        self.waiting: deque = deque()  # released sweeps waiting for per-pixel images: (group, release time)
         self.stats = LiveStats()
 
     def _error(self, text: str) -> None:
@@ -93,13 +96,15 @@ class LivePipeline:
             self.stats.rejected_infos += 1
             self._error(str(error))
 
-    def add_label_image(self, name: str, msg, now_ns: int) -> list[LiveResult]:
-        """A 2D segmenter's class-id image for camera name; attached to the image with the same stamp."""
-        stored = self.label_images[name]
+    def add_label_image(self, name: str, msg, now_ns: int, kind: str = "label_image") -> list[LiveResult]:
+        """A per-pixel image for camera name, attached to the image with the same stamp as Camera.<kind>: a 2D
+        segmenter's class ids ("label_image") or the synthetic world's surface ids ("instance_image"). From the
+        first of a kind on, released sweeps wait (at most label_wait_ms) for their cameras' images of that kind."""
+        stored = self.pixel_images[kind][name]
         stored[conv.stamp_to_ns(msg.header.stamp)] = msg
         while len(stored) > 30:
             stored.pop(next(iter(stored)))
-        self.expects_labels = True
+        self.expected.add(kind)
         return self._run([], now_ns)
 
     def add_image(self, name: str, msg, now_ns: int) -> list[LiveResult]:
@@ -121,18 +126,16 @@ class LivePipeline:
     def flush(self, now_ns: int) -> list[LiveResult]:
         return self._run(self.sync.flush(), now_ns, final=True)
 
-    expects_labels = False  # becomes true with the first label image
-
-    def _labels_in(self, group) -> bool:
-        return all(group.camera_stamps_ns[name] in self.label_images[name] for name in group.cameras)
+    def _pixels_in(self, group) -> bool:
+        return all(group.camera_stamps_ns[name] in self.pixel_images[kind][name]
+                   for kind in self.expected for name in group.cameras)
 
     def _run(self, groups, now_ns: int, final: bool = False) -> list:
         self.waiting.extend((group, now_ns) for group in groups)
         ready = []
         while self.waiting:
             group, released = self.waiting[0]
-            if (self.expects_labels and not final and not self._labels_in(group)
-                    and now_ns - released < self.label_wait_ns):
+            if not final and not self._pixels_in(group) and now_ns - released < self.label_wait_ns:
                 break
             ready.append(self.waiting.popleft()[0])
         if self.defer:
@@ -192,8 +195,9 @@ class LivePipeline:
             if np.any(intrinsics.offset):  # a rectified stereo camera's baseline, from its P
                 lidar_to_camera = lidar_to_camera.copy()
                 lidar_to_camera[:3, 3] += intrinsics.offset
-            label_msg = self.label_images[name].get(stamp)
-            label_image = None if label_msg is None else conv.decode_label_image(label_msg, f"labels of {name}")
+            pixels = {kind: conv.decode_label_image(pixel_msg, f"{kind} of {name}")
+                      for kind, stored in self.pixel_images.items()
+                      if (pixel_msg := stored[name].get(stamp)) is not None}
         except (conv.MessageError, TransformError) as error:
             self.stats.skipped_images += 1
             self._error(f"{error}; image not used")
@@ -201,8 +205,8 @@ class LivePipeline:
         try:
             return Camera(name=name, image=image, intrinsics=intrinsics.K, lidar_to_camera=lidar_to_camera,
                           stamp_ns=stamp, distortion_model=intrinsics.distortion_model,
-                          distortion=intrinsics.distortion, label_image=label_image, frame_id=msg.header.frame_id)
-        except ValueError as error:  # e.g. a label image of another size
+                          distortion=intrinsics.distortion, frame_id=msg.header.frame_id, **pixels)
+        except ValueError as error:  # e.g. a label or instance image of another size
             self.stats.skipped_images += 1
             self._error(f"camera {name}: {error}; image not used")
             return None

@@ -295,6 +295,12 @@ def decode_image(msg, what: str = "Image") -> np.ndarray:
     return np.ascontiguousarray(array[:, :, :3])
 
 
+# The per-pixel integer images beside each camera's camera_info (lossless sensor_msgs/Image, the image's header), by
+# the Camera attribute each is read into, with its default topic name (<camera namespace>/<name>): class ids, and the
+# synthetic world's persistent surface ids (the cliplike teacher's). Both decode with decode_label_image.
+PIXEL_IMAGES = {"label_image": "labels", "instance_image": "instances"}
+
+
 def decode_label_image(msg, what: str = "label Image") -> np.ndarray:
     """A per-pixel class-id image (mono8/mono16/16UC1/32SC1...) -> (H, W) int64."""
     if hasattr(msg, "format"):

@@ -16,7 +16,8 @@ import numpy as np
 from tqdm import tqdm
 
 from . import messages as conv
-from .data.rosbag2 import POINTCLOUD2, TYPESTORE, BagSource, BagWriter, camera_namespace, cloud_message
+from .data.rosbag2 import (POINTCLOUD2, TYPESTORE, BagSource, BagWriter, camera_namespace, cloud_message,
+                           pixel_image_topics)
 from .live import LivePipeline, LiveResult
 from .metrics import Evaluation
 from .segmenter import Segmenter
@@ -52,19 +53,22 @@ def replay(path: str | Path, segmenter: Segmenter, realtime: bool = False, out_b
            slop_ms: float = 50.0, lidar: str | None = None, cameras: list[str] | None = None,
            label_field: str = "label", label_images: str = "labels", progress: bool = True) -> ReplayReport:
     """Replay the recording at path through segmenter (see the module docstring); label_images: the label-image
-    topic beside each camera_info (a labels:NAME teacher's NAME)."""
+    topic beside each camera_info (a labels:NAME teacher's NAME); `<namespace>/instances` goes in as well."""
     source = BagSource(str(path), lidar=lidar, cameras=cameras, label_field=label_field, label_images=label_images,
                        slop_ms=slop_ms)
     names = {topic: source.camera_names[topic] for topic in source.usable_cameras}
     info_topics = {f"{camera_namespace(t).rstrip('/')}/camera_info": name for t, name in names.items()}
-    label_topics = {f"{camera_namespace(t).rstrip('/')}/{source.label_images}": name for t, name in names.items()}
+    pixel_topics = {pixel_topic: (name, kind) for t, name in names.items()
+                    for kind, pixel_topic in pixel_image_topics(t, source.label_images).items()}
     pipeline = LivePipeline(segmenter, list(names.values()), source.tree, slop_ms, timeout_ms=None,
                             label_field=label_field, rectified=[n for t, n in names.items() if conv.is_rectified(t)])
     vocabulary = segmenter.vocabulary
-    evaluation = Evaluation.empty(vocabulary.names) if vocabulary.covers_ids else None
+    # teacher mode: also the neighbour-filled row (replay.json "filled_all_points"), the fair all-points baseline
+    evaluation = (Evaluation.empty(vocabulary.names, fill=segmenter.mode == "teacher") if vocabulary.covers_ids
+                  else None)
     report = ReplayReport(0, None)
     writer = BagWriter(out_bag) if out_bag else None
-    wanted = {source.lidar_topic, *names, *info_topics, *label_topics}
+    wanted = {source.lidar_topic, *names, *info_topics, *pixel_topics}
     started_wall, first_log = time.monotonic(), None
     bar = tqdm(total=len(source), desc="replay", unit="frame", disable=not progress)
 
@@ -76,7 +80,8 @@ def replay(path: str | Path, segmenter: Segmenter, realtime: bool = False, out_b
                 report.latencies_ms.setdefault(stage, []).append(value)
             frame, segmentation = result.frame, result.segmentation
             if evaluation is not None and frame.labels is not None:
-                evaluation.update(segmentation.labels, vocabulary.raw_to_class(frame.labels), segmentation.seen)
+                evaluation.update(segmentation.labels, vocabulary.raw_to_class(frame.labels), segmentation.seen,
+                                  frame.points)
             if writer is not None:
                 _write_labelled(writer, frame, segmentation)
 
@@ -98,8 +103,9 @@ def replay(path: str | Path, segmenter: Segmenter, realtime: bool = False, out_b
                     consume(pipeline.add_image(names[topic], msg, now))
                 elif topic in info_topics:
                     pipeline.add_camera_info(info_topics[topic], msg)
-                elif topic in label_topics:
-                    consume(pipeline.add_label_image(label_topics[topic], msg, now))
+                elif topic in pixel_topics:
+                    name, kind = pixel_topics[topic]
+                    consume(pipeline.add_label_image(name, msg, now, kind))
         consume(pipeline.flush(time.time_ns() if realtime else 0))
     finally:
         bar.close()

@@ -10,6 +10,7 @@ budget per sweep); augment.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -65,6 +66,33 @@ class Pairing:
     @property
     def paired(self) -> np.ndarray:
         return self.labels != IGNORE
+
+
+class PairingCache:
+    """Pairings kept across epochs (they do not change: same frame, same frozen teacher), up to budget_mb.
+
+    Every pairing handed out has passed through the cache's compact form, paired rows' features in float16,
+    stored or not, so a run's numbers do not depend on what fitted (or on where a resumed run started).
+    """
+
+    def __init__(self, budget_mb: float):
+        self.budget, self.used, self.items = budget_mb * 2**20, 0, {}
+
+    def get(self, key, make) -> Pairing:
+        """The pairing under key; make() builds it when it is not kept."""
+        compact = self.items.get(key)
+        if compact is None:
+            pairing = make()
+            rows = np.flatnonzero(pairing.labels != IGNORE)
+            compact = (pairing, rows, pairing.features[torch.from_numpy(rows)].half(), pairing.features.shape[1])
+            compact[0].features = None
+            size = compact[2].nbytes + sum(a.nbytes for a in (pairing.points, pairing.labels, pairing.camera))
+            if self.used + size <= self.budget:
+                self.items[key], self.used = compact, self.used + size
+        pairing, rows, features, dimensions = compact
+        full = torch.zeros(len(pairing.labels), dimensions)
+        full[torch.from_numpy(rows)] = features.float()
+        return dataclasses.replace(pairing, features=full)
 
 
 def occluded_in_keyframe(points: np.ndarray, sweep_index: np.ndarray, camera_of: np.ndarray,
@@ -210,13 +238,15 @@ class Sample:
 
 
 def prepare_sample(frame: Frame, teacher: Teacher, config, rng: np.random.Generator, label_map=None,
-                   candidates: bool = False) -> Sample:
-    """Pair, consolidate, choose the loss points and augment (see the module docstring).
+                   candidates: bool = False, pairing: Pairing | None = None) -> Sample:
+    """Pair (unless the frame's pairing is given), consolidate, choose the loss points and augment (see the module
+    docstring).
 
     config: a TrainConfig. label_map: this frame's drive's consolidated labels (a consolidation.LabelMap)
     or None. candidates: also choose up to max_paired unlabelled points per sweep (self-training).
     """
-    pairing = pair_frame(frame, teacher, config.sweeps, config.occlusion_tolerance, config.global_weight > 0)
+    if pairing is None:
+        pairing = pair_frame(frame, teacher, config.sweeps, config.occlusion_tolerance, config.global_weight > 0)
     points, sweep_index = pairing.points, pairing.sweep_index
     labels = pairing.labels
     if label_map is not None:

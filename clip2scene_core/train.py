@@ -32,7 +32,7 @@ from .consolidation import LabelMap, drive_of
 from .data import FrameSource, SourceError
 from .errors import UsageError
 from .geometry import transform_points
-from .samples import Sample, pair_frame, prepare_sample, seeded_rng
+from .samples import Pairing, PairingCache, Sample, pair_frame, prepare_sample, seeded_rng
 from .self_training import MeanTeacher, confident
 from .student.checkpoint import CheckpointError, load_weights, read_checkpoint, save_checkpoint
 from .student.head import HeadFeatures
@@ -73,6 +73,8 @@ class TrainConfig:
         agrees with the teacher on held-out paired points at least self_training_agreement.
     bn_recalibration: batches of each epoch's end over which BatchNorm statistics are recomputed (0: off).
     checkpoint_stages: activation checkpointing per U-Net stage on the CPU path (same gradients, less memory).
+    pairing_cache_mb: megabytes of pairings (the teacher's predictions at every point, after projection and the
+        occlusion test) kept in memory across epochs (their features in float16); 0: pair every scan every epoch.
     """
 
     epochs: int = 20
@@ -111,6 +113,7 @@ class TrainConfig:
     augment: bool = False               # measured to cost mIoU at the budgets here (README)
     rotation_deg: float = 180.0
     max_paired: int = 0
+    pairing_cache_mb: float = 2048.0
 
     def __post_init__(self) -> None:
         choices = {"semantic_loss": tuple(SEMANTIC_LOSSES), "optimizer": ("sgd", "adamw"),
@@ -124,7 +127,7 @@ class TrainConfig:
             if not getattr(self, key) > 0:  # NaN fails too
                 raise ValueError(f"train.{key} must be positive, got {getattr(self, key)}")
         for key in ("momentum", "weight_decay", "st_weight", "distill_weight", "max_paired", "bn_recalibration",
-                    "rotation_deg", "occlusion_tolerance", "global_weight", "global_min_points"):
+                    "rotation_deg", "occlusion_tolerance", "global_weight", "global_min_points", "pairing_cache_mb"):
             if getattr(self, key) is not None and not getattr(self, key) >= 0:
                 raise ValueError(f"train.{key} must not be negative, got {getattr(self, key)}")
         if self.self_training and self.seen_classes:
@@ -173,6 +176,7 @@ class Pretrainer:
         self.mean_teacher = MeanTeacher(self.student, config.ema_decay) if config.self_training else None
         self.self_training_from: int | None = None   # the epoch self-training started at
         self.label_maps: dict[tuple[int, str], LabelMap] = {}
+        self.pairings = PairingCache(config.pairing_cache_mb) if config.pairing_cache_mb else None
         self.epoch = 0
         self.history: list[dict] = []
 
@@ -222,18 +226,27 @@ class Pretrainer:
             if not getattr(source, "has_poses", True):
                 log.warning("source %d has no ego poses: its labels are not consolidated", source_index)
                 continue
-            for frame in tqdm(source, desc=f"consolidating source {source_index + 1}/{len(self.sources)}",
-                              unit="frame", disable=not self.progress or self.rank != 0):
+            first = self.index.index((source_index, 0)) if len(source) else 0
+            for position, frame in enumerate(tqdm(source, desc=f"consolidating source {source_index + 1}/"
+                                                  f"{len(self.sources)}", unit="frame",
+                                                  disable=not self.progress or self.rank != 0), first):
                 key = (source_index, drive_of(frame))
                 if key not in self.label_maps:
                     self.label_maps[key] = LabelMap(config.consolidation_voxel_m, len(self.text),
                                                     config.consolidation_min_views)
-                pairing = pair_frame(frame, self.teacher, config.sweeps, config.occlusion_tolerance)
+                pairing = self._pairing(position, frame)
                 self.label_maps[key].add(transform_points(frame.lidar_pose, pairing.points), pairing.labels)
         for label_map in self.label_maps.values():
             label_map.finish()
 
     # -- one step ---------------------------------------------------------------------------------
+
+    def _pairing(self, position: int, frame) -> Pairing:
+        config = self.config
+
+        def make() -> Pairing:
+            return pair_frame(frame, self.teacher, config.sweeps, config.occlusion_tolerance, config.global_weight > 0)
+        return make() if self.pairings is None else self.pairings.get(position, make)
 
     def _samples(self, epoch: int, positions: list[int], candidates: bool) -> list[Sample]:
         samples = []
@@ -245,7 +258,7 @@ class Pretrainer:
                                   f"points; leave empty sweeps out of the source (start/stop/step)")
             samples.append(prepare_sample(frame, self.teacher, self.config, seeded_rng(self.config.seed, epoch,
                                           position, 1), self.label_maps.get((source_index, drive_of(frame))),
-                                          candidates))
+                                          candidates, self._pairing(position, frame)))
         return samples
 
     def _losses(self, samples: list[Sample], batch: VoxelBatch, epoch: int, positions: list[int],

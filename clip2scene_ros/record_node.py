@@ -43,6 +43,7 @@ from clip2scene_core.data.rosbag2 import (
     camera_name,
     camera_namespace,
     header_of,
+    pixel_image_topics,
     transform_stamped,
 )
 from clip2scene_core.sync import Synchronizer
@@ -71,7 +72,8 @@ PARAMETERS = [
     Param("calibration_file", "", "static transforms written as /tf_static", read_only=True),
     Param("odometry_topic", "", "nav_msgs/Odometry written as /tf (ego poses for sweeps); empty: none",
           read_only=True),
-    Param("record_label_images", False, "also record <camera namespace>/labels images", read_only=True),
+    Param("record_label_images", False, "also record <camera namespace>/labels and /instances images (a pair waits "
+          "at most sync_timeout_ms for them)", read_only=True),
     Param("sync_slop_ms", 50.0, "largest camera-LiDAR stamp difference that pairs", 0.0, 1000.0, read_only=True),
     Param("sync_timeout_ms", 300.0, "give up waiting for a sweep's cameras after this long (the sweep is dropped)",
           1.0, 10000.0, read_only=True),
@@ -125,8 +127,9 @@ class RecordNode(Node):
         self.lidar_topic = lidar_topic
         self.types = {lidar_topic: POINTCLOUD2}
         self.infos: dict[str, tuple[str, bytes]] = {}
-        self.labels: dict[str, dict[int, tuple[str, bytes]]] = {}
-        # Released pairs wait here (at most the sync timeout) for camera infos and label images.
+        # camera -> kind (messages.PIXEL_IMAGES) -> stamp -> (topic, data): recorded label and instance images.
+        self.pixel_images: dict[str, dict[str, dict[int, tuple[str, bytes]]]] = {}
+        # Released pairs wait here (at most the sync timeout) for camera infos and label and instance images.
         self.waiting: deque = deque()
         self.label_wait_ns = int(v.sync_timeout_ms * 1e6)
         # Subscribed first: the executor serves ready subscriptions in creation order, and these small
@@ -147,11 +150,11 @@ class RecordNode(Node):
             self.create_subscription(CameraInfo, info_topic, functools.partial(self.on_info, name, info_topic), qos,
                                      raw=True)
             if v.record_label_images:
-                label_topic = f"{camera_namespace(topic).rstrip('/')}/labels"
-                self.types[label_topic] = IMAGE
-                self.labels[name] = {}
-                self.create_subscription(Image, label_topic, functools.partial(self.on_label, name, label_topic),
-                                         qos, raw=True)
+                self.pixel_images[name] = {kind: {} for kind in conv.PIXEL_IMAGES}
+                for kind, pixel_topic in pixel_image_topics(topic).items():
+                    self.types[pixel_topic] = IMAGE
+                    self.create_subscription(Image, pixel_topic, functools.partial(
+                        self.on_pixels, self.pixel_images[name][kind], pixel_topic), qos, raw=True)
         self.status_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(0.05, self.on_poll)
         self.create_timer(1.0, self.publish_status)
@@ -240,8 +243,7 @@ class RecordNode(Node):
         self.infos[name] = (topic, data)
         self._write([])
 
-    def on_label(self, name: str, topic: str, data: bytes) -> None:
-        stored = self.labels[name]
+    def on_pixels(self, stored: dict[int, tuple[str, bytes]], topic: str, data: bytes) -> None:
         stored[header_of(data)[0]] = (topic, data)
         while len(stored) > 60:
             stored.pop(next(iter(stored)))
@@ -290,14 +292,14 @@ class RecordNode(Node):
                 self.dropped += 1  # only pairs with every camera within the slop are recorded
             else:
                 self.waiting.append((group, now))
-        # A released pair waits (at most the sync timeout) for its cameras' camera_info and label images,
-        # which are published after the images.
+        # A released pair waits (at most the sync timeout) for its cameras' camera_info and label and instance
+        # images, which are published after the images.
         while self.waiting:
             group, released = self.waiting[0]
             infos_in = all(name in self.infos for name in group.cameras)
-            labels_in = all(group.camera_stamps_ns[name] in self.labels[name] for name in group.cameras
-                            if name in self.labels)
-            if not (infos_in and labels_in) and now - released < self.label_wait_ns:
+            pixels_in = all(group.camera_stamps_ns[name] in stored for name in group.cameras
+                            for stored in self.pixel_images.get(name, {}).values())
+            if not (infos_in and pixels_in) and now - released < self.label_wait_ns:
                 break
             self.waiting.popleft()
             if not infos_in:
@@ -308,8 +310,8 @@ class RecordNode(Node):
 
     def _write_pair(self, group, messages) -> None:
         extra = [self.infos[name] for name in group.cameras]
-        extra += [self.labels[name][group.camera_stamps_ns[name]] for name in group.cameras
-                  if name in self.labels and group.camera_stamps_ns[name] in self.labels[name]]
+        extra += [stored[group.camera_stamps_ns[name]] for name in group.cameras
+                  for stored in self.pixel_images.get(name, {}).values() if group.camera_stamps_ns[name] in stored]
         size = sum(len(m[1]) for m in messages) + sum(len(e[1]) for e in extra)
         if self.part_bytes + size > self.split_size or (
                 self.split_duration and time.monotonic() - self.part_started > self.split_duration):

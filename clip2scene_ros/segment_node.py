@@ -38,7 +38,7 @@ from std_msgs.msg import ColorRGBA
 from clip2scene_core import messages as conv
 from clip2scene_core.calibration import load_calibration
 from clip2scene_core.config import load_config
-from clip2scene_core.data.rosbag2 import camera_name, camera_namespace
+from clip2scene_core.data.rosbag2 import camera_name, camera_namespace, pixel_image_topics
 from clip2scene_core.geometry import project
 from clip2scene_core.live import LivePipeline, LiveResult
 from clip2scene_core.render import draw_points, palette_colors
@@ -81,7 +81,7 @@ PARAMETERS = [
     Param("vocabulary", "nuscenes", "vocabulary YAML or shipped name; may change at run time"),
     Param("class_names", [], "class names overriding the vocabulary file (run time)"),
     Param("class_prompts", [], "per class 'prompt|prompt' for class_names (run time)"),
-    Param("teacher", "maskclip", "teacher of teacher/fusion modes: maskclip, labels[:NAME], noisy:RATE",
+    Param("teacher", "maskclip", "teacher of teacher/fusion modes: maskclip, labels[:NAME], cliplike, noisy:RATE",
           read_only=True),
     Param("device", "auto", "auto, cuda or cpu", read_only=True),
     Param("threads", 0, "CPU threads for torch; 0: the cores free (usable cores less the 1-minute load average, at "
@@ -160,9 +160,10 @@ class SegmentationMixin:
                 self.model_id = teacher.identity
         self.segmenter = Segmenter(self.vocabulary, self.mode, teacher=teacher, student=student)
         self.segmenter.set_query(v.query)
-        # The label-image teachers read a 2D segmenter's class-id images beside each camera.
+        # The label-image teachers read a 2D segmenter's class-id images beside each camera (and the cliplike
+        # proxy the synthetic world's surface ids at <namespace>/instances too).
         self.label_images = label_images_name(teacher_name) if teacher is not None and teacher.name in (
-            "labels", "noisy") else None
+            "labels", "noisy", "cliplike") else None
 
         calibration = load_calibration(v.calibration_file)[0] if v.calibration_file else None
         self.tf = self._tf_tree(v.tf_tolerance_ms) if camera_topics else None
@@ -198,7 +199,8 @@ class SegmentationMixin:
                                f"{self.vocabulary.name} ({len(self.vocabulary)} classes)")
 
     def _start_inputs(self, v) -> None:
-        """Subscribe the LiDAR, cameras (and their camera_info, label images) and TF; start the timers."""
+        """Subscribe the LiDAR, cameras (and their camera_info, label and instance images) and TF; start the
+        timers."""
         qos = qos_profile(v, "qos_", v.qos_depth)
         inputs = [self.create_subscription(PointCloud2, v.lidar_topic, self.on_cloud, qos)]
         for topic, name in self.cameras.items():
@@ -208,8 +210,9 @@ class SegmentationMixin:
             inputs.append(self.create_subscription(CameraInfo, f"{namespace}/camera_info",
                                                    lambda msg, n=name: self.pipeline.add_camera_info(n, msg), qos))
             if self.label_images:
-                inputs.append(self.create_subscription(Image, f"{namespace}/{self.label_images}",
-                                                       lambda msg, n=name: self.on_label_image(n, msg), qos))
+                for kind, pixel_topic in pixel_image_topics(topic, self.label_images).items():
+                    inputs.append(self.create_subscription(
+                        Image, pixel_topic, lambda msg, n=name, k=kind: self.on_label_image(n, msg, k), qos))
         if self.tf is not None:
             inputs += self._subscribe_tf(self.tf)
         self.inputs = inputs
@@ -260,9 +263,9 @@ class SegmentationMixin:
         if self._wanted():
             self._submit(self.pipeline.add_image(name, msg, self._now()))
 
-    def on_label_image(self, name: str, msg: Image) -> None:
+    def on_label_image(self, name: str, msg: Image, kind: str = "label_image") -> None:
         if self._wanted():
-            self._submit(self.pipeline.add_label_image(name, msg, self._now()))
+            self._submit(self.pipeline.add_label_image(name, msg, self._now(), kind))
 
     def on_poll(self) -> None:
         self._submit(self.pipeline.poll(self._now()))

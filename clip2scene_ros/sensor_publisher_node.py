@@ -5,6 +5,7 @@ Topics (the same layout the bag reader and the recorder use):
   /<camera>/image_raw[/compressed]       sensor_msgs/Image (rgb8) or CompressedImage (jpeg)
   /<camera>/camera_info                  sensor_msgs/CameraInfo
   /<camera>/labels                       sensor_msgs/Image (mono16 label ids), when the source has them
+  /<camera>/instances                    sensor_msgs/Image (32SC1 surface ids of the synthetic world), the same way
 Run: python -m clip2scene_ros.sensor_publisher_node --ros-args -p source:=synthetic:frames=40,seed=0
 """
 
@@ -20,7 +21,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from clip2scene_core import messages as conv
 from clip2scene_core.data import open_source
-from clip2scene_core.data.rosbag2 import BagLayout, camera_namespace
+from clip2scene_core.data.rosbag2 import BagLayout, camera_namespace, pixel_image_topics
 
 from . import conversions
 from .params import Param, declare_all, qos_profile
@@ -32,8 +33,8 @@ PARAMETERS = [
     Param("loop", False, "start again after the last frame", read_only=True),
     Param("restamp", True, "stamp messages with this node's clock instead of the source's", read_only=True),
     Param("compressed", True, "publish jpeg CompressedImage instead of rgb8 Image", read_only=True),
-    Param("publish_labels", True, "publish ground-truth labels (cloud field label, /<camera>/labels)",
-          read_only=True),
+    Param("publish_labels", True, "publish ground-truth labels (cloud field label, /<camera>/labels, "
+          "/<camera>/instances)", read_only=True),
     Param("exit_when_done", True, "shut down after the last frame (without loop)", read_only=True),
     Param("lidar_topic", "/lidar/points", "PointCloud2 topic", read_only=True),
     Param("odometry_topic", "/odom", "nav_msgs/Odometry of the ego pose (world -> base_link); empty: none",
@@ -72,8 +73,11 @@ class SensorPublisher(Node):
             self.camera_pubs[camera.name] = (
                 self.create_publisher(CompressedImage if compressed else Image, topic, qos),
                 self.create_publisher(CameraInfo, f"{namespace}/camera_info", qos),
-                self.create_publisher(Image, f"{namespace}/labels", qos))
-        publishers = [self.cloud_pub, self.odometry_pub] + [p for pubs in self.camera_pubs.values() for p in pubs]
+                {kind: self.create_publisher(Image, pixel_topic, qos)  # Camera attribute -> its per-pixel images
+                 for kind, pixel_topic in pixel_image_topics(topic, self.layout.label_images).items()})
+        publishers = [self.cloud_pub, self.odometry_pub] + [
+            p for image_pub, info_pub, pixel_pubs in self.camera_pubs.values()
+            for p in (image_pub, info_pub, *pixel_pubs.values())]
         by_topic = {p.topic_name: p for p in publishers if p is not None}
         unknown = [t for t in self.wait_for_topics if t not in by_topic]
         if unknown:
@@ -120,13 +124,15 @@ class SensorPublisher(Node):
         for camera in frame.cameras:
             if camera.name not in self.camera_pubs:
                 continue
-            image_pub, info_pub, label_pub = self.camera_pubs[camera.name]
+            image_pub, info_pub, pixel_pubs = self.camera_pubs[camera.name]
             header = conversions.header(camera.stamp_ns + shift, camera.optical_frame)
             make = conversions.compressed_msg if self.layout.compressed else conversions.image_msg
             image_pub.publish(make(camera.image, header))
             info_pub.publish(conversions.camera_info_msg(camera, header))
-            if self.publish_labels and camera.label_image is not None:
-                label_pub.publish(conversions.image_msg(camera.label_image, header))
+            if self.publish_labels:
+                for kind, pixel_pub in pixel_pubs.items():
+                    if getattr(camera, kind) is not None:
+                        pixel_pub.publish(conversions.image_msg(getattr(camera, kind), header))
         self.published += 1
 
 

@@ -40,7 +40,11 @@ def test_inspect_synthetic_and_bag(tmp_path, bag, capsys, artifacts):
 
 def test_export_formats_and_calibration(tmp_path, capsys):
     assert main(["export", SCENE, str(tmp_path / "lite"), "--storage", "sqlite3", "--quiet"]) == 0
-    assert len(open_source(f"bag:{tmp_path / 'lite'}")) == 3
+    exported, scene = open_source(f"bag:{tmp_path / 'lite'}"), open_source(SCENE)
+    assert len(exported) == 3 and len(exported[0].cameras) == 2
+    for got, want in zip(exported[0].cameras, scene[0].cameras):  # label and surface-id images, exactly
+        assert np.array_equal(got.label_image, want.label_image)
+        assert np.array_equal(got.instance_image, want.instance_image)
     assert main(["calibration", SCENE, "--out", str(tmp_path / "calibration.yaml")]) == 0
     assert "cam_front_right" in (tmp_path / "calibration.yaml").read_text()
     assert main(["inspect", "lidar:/nowhere"]) == 2

@@ -21,7 +21,9 @@ def test_the_demo_runs_the_whole_loop(tmp_path):
     assert summary["live_sweeps"] + summary["live_dropped"] == 8  # the newest sweep is served, older ones dropped
     for key in ("teacher_miou_all", "teacher_miou_in_view", "student_miou_all", "student_miou_in_view"):
         assert 0.0 <= summary[key] <= 1.0, key
-    assert summary["teacher_miou_in_view"] > 0.3  # noisy:0.3 keeps most of the truth
+    assert summary["teacher"] == "cliplike"
+    assert summary["teacher_miou_in_view"] > 0.2  # the CLIP-like proxy: about 0.35 in view on held-out drives
+    assert 0.0 <= summary["teacher_miou_filled_all"] <= 1.0
     for picture in ("confusion_all.png", "iou.png", "frame.png"):
         assert (out / "evaluation" / picture).is_file()
     assert (out / "student" / "losses.png").is_file() and any((out / "heldout_labelled").rglob("*.mcap"))

@@ -11,7 +11,7 @@ from clip2scene_core import messages as conv
 from clip2scene_core.calibration import frame_transforms
 from clip2scene_core.cli import main
 from clip2scene_core.data import open_source
-from clip2scene_core.data.rosbag2 import TYPESTORE, BagLayout, _header, cloud_message, write_bag
+from clip2scene_core.data.rosbag2 import TYPESTORE, BagLayout, _header, _image_msg, cloud_message, write_bag
 from clip2scene_core.geometry import invert, project
 from clip2scene_core.live import LivePipeline
 from clip2scene_core.replay import replay
@@ -34,24 +34,19 @@ def vocabulary():
 
 
 def messages_of(frame):
-    """(cloud, {camera: (image, info, labels)}) as rosbags messages."""
+    """(cloud, {camera: (image, info, {kind: label or instance image})}) as rosbags messages."""
     types = TYPESTORE.types
     cloud = cloud_message(conv.encode_cloud(frame.points, frame.fields, frame.labels), frame.stamp_ns, frame.frame_id)
     cameras = {}
     for camera in frame.cameras:
         header = _header(camera.stamp_ns, camera.optical_frame)
-        image = conv.encode_image(camera.image)
-        labels = conv.encode_image(camera.label_image)
         info = conv.camera_info_values(camera.intrinsics, camera.distortion_model, camera.distortion, camera.width,
                                        camera.height)
         roi = types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
         cameras[camera.name] = (
-            types["sensor_msgs/msg/Image"](header=header, height=image.height, width=image.width,
-                                           encoding=image.encoding, is_bigendian=0, step=image.step, data=image.data),
+            _image_msg(header, camera.image),
             types["sensor_msgs/msg/CameraInfo"](header=header, binning_x=0, binning_y=0, roi=roi, **info),
-            types["sensor_msgs/msg/Image"](header=header, height=labels.height, width=labels.width,
-                                           encoding=labels.encoding, is_bigendian=0, step=labels.step,
-                                           data=labels.data))
+            {kind: _image_msg(header, getattr(camera, kind)) for kind in conv.PIXEL_IMAGES})
     return cloud, cameras
 
 
@@ -67,21 +62,27 @@ def test_pipeline_pairs_decodes_and_segments(frames, vocabulary):
     names = [c.name for c in frames[0].cameras]
     pipeline = LivePipeline(Segmenter(vocabulary, "teacher", teacher=teacher), names, calibration_of(frames[0]),
                             timeout_ms=None)
-    results = []
+    results, released_by = [], []
     for frame in frames:
         cloud, cameras = messages_of(frame)
         results += pipeline.add_cloud(cloud, frame.stamp_ns)
-        for name, (image, info, labels) in cameras.items():
+        for name, (image, info, pixels) in cameras.items():
             pipeline.add_camera_info(name, info)
             results += pipeline.add_image(name, image, frame.stamp_ns)
-            results += pipeline.add_label_image(name, labels, frame.stamp_ns)  # after its image, as live
+            for kind, msg in pixels.items():  # label, then instance image, after the image, as live
+                released = pipeline.add_label_image(name, msg, frame.stamp_ns, kind)
+                results += released
+                released_by += [(name, kind)] * len(released)
     results += pipeline.flush(frames[-1].stamp_ns)
     assert [r.frame.stamp_ns for r in results] == [f.stamp_ns for f in frames]
+    # Each sweep waited for its last camera's instance image, once instance images had been seen.
+    assert released_by == [(names[-1], "instance_image")] * len(frames)
     for result, frame in zip(results, frames):
         assert np.array_equal(result.frame.points, frame.points) and result.cameras == names
         for got, want in zip(result.frame.cameras, frame.cameras):
             assert np.allclose(got.lidar_to_camera, want.lidar_to_camera, atol=1e-6)
             assert np.array_equal(got.label_image, want.label_image)
+            assert got.instance_image.max() >= 2**16 and np.array_equal(got.instance_image, want.instance_image)
         truth = vocabulary.raw_to_class(frame.labels)
         seen = result.segmentation.seen & (truth >= 0)
         assert (result.segmentation.labels[seen] == truth[seen]).mean() > 0.9
@@ -256,8 +257,16 @@ def test_replay_in_student_mode_counts_every_frame(tmp_path, frames, vocabulary)
 
     bag = write_bag(frames, tmp_path / "bag")
     model = StudentModel(Student(StudentConfig(preset="tiny")), vocabulary, HashTextEncoder())
-    report = replay(bag, Segmenter(vocabulary, "student", student=model), progress=False)
-    assert report.frames == 3 and report.evaluation.all_points.coverage() == 1.0
+    segmenter = Segmenter(vocabulary, "student", student=model)
+    segmented, segment = [], segmenter.segment
+    segmenter.segment = lambda frame: segmented.append(frame) or segment(frame)
+    report = replay(bag, segmenter, progress=False)
+    assert report.frames == len(segmented) == 3 and report.evaluation.all_points.coverage() == 1.0
+    for got, want in zip(segmented, frames):  # label and instance images from the bag went into the pipeline
+        assert [c.name for c in got.cameras] == [c.name.lower() for c in want.cameras]
+        for got_camera, want_camera in zip(got.cameras, want.cameras):
+            assert np.array_equal(got_camera.label_image, want_camera.label_image)
+            assert np.array_equal(got_camera.instance_image, want_camera.instance_image)
     assert "student" in report.percentiles()
 
 

@@ -25,6 +25,7 @@ def assert_same_frames(read, written, jpeg: bool):
             assert np.allclose(got_camera.lidar_to_camera, want_camera.lidar_to_camera, atol=1e-9)
             assert np.allclose(got_camera.intrinsics, want_camera.intrinsics)
             assert np.array_equal(got_camera.label_image, want_camera.label_image)
+            assert np.array_equal(got_camera.instance_image, want_camera.instance_image)
             difference = np.abs(got_camera.image.astype(int) - want_camera.image).mean()
             assert difference < 3 if jpeg else difference == 0
 
@@ -33,9 +34,14 @@ def assert_same_frames(read, written, jpeg: bool):
 @pytest.mark.parametrize("compressed", [True, False])
 def test_frames_bag_frames_round_trip(tmp_path, storage, compressed):
     frames = make_frames(4, cameras=2)
+    rng = np.random.default_rng(1)
+    for frame in frames[:-1]:  # surface ids past 16 bits (32SC1) at <namespace>/instances; the last frame has none
+        for camera in frame.cameras:
+            camera.instance_image = rng.integers(0, 2**31, camera.image.shape[:2])
     path = write_bag(frames, tmp_path / "bag", storage, BagLayout(compressed=compressed))
     source = open_source(f"bag:{path}")
     assert isinstance(source, BagSource) and source.sync_stats.complete == 4
+    assert source.camera_topics == [BagLayout(compressed=compressed).camera_topic(f"cam_{c}") for c in (0, 1)]
     assert_same_frames(list(source), frames, jpeg=compressed)
 
 

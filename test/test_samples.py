@@ -3,11 +3,12 @@ budget per sweep, older-sweep points the keyframe hides left unpaired."""
 
 import numpy as np
 import pytest
+import torch
 
 from clip2scene_core.data import open_source
 from clip2scene_core.frame import Camera, Frame
 from clip2scene_core.geometry import voxelize
-from clip2scene_core.samples import occluded_in_keyframe, pair_frame, prepare_sample, sample_groups
+from clip2scene_core.samples import PairingCache, occluded_in_keyframe, pair_frame, prepare_sample, sample_groups
 from clip2scene_core.teacher import build_teacher
 from clip2scene_core.train import TrainConfig
 from clip2scene_core.vocabulary import IGNORE, load_vocabulary
@@ -94,3 +95,28 @@ def test_pairing_leaves_occluded_older_points_unpaired():
     assert (tested.labels[tested.sweep_index == 1] == IGNORE).all()
     untested = pair_frame(frame, teacher, 2, None)
     assert (untested.labels != IGNORE).all()
+
+
+def test_the_pairing_cache_pairs_each_scan_once_and_keeps_within_its_budget(frame):
+    teacher = build_teacher("cliplike", load_vocabulary("nuscenes"), text_encoder="hash")
+    calls = []
+
+    def make():
+        calls.append(1)
+        return pair_frame(frame, teacher, 1, 0.3)
+
+    fresh = make()
+    cache = PairingCache(1024)
+    first, again = cache.get(7, make), cache.get(7, make)
+    assert len(calls) == 2                                  # the fresh one above, and one for the cache
+    for pairing in (first, again):
+        assert np.array_equal(pairing.labels, fresh.labels) and np.array_equal(pairing.points, fresh.points)
+        paired = fresh.labels != IGNORE
+        # Paired rows' features round-trip through float16; unpaired rows (never read) are zero.
+        assert torch.allclose(pairing.features[paired], fresh.features[paired], atol=1e-3)
+        assert not pairing.features[~paired].any()
+    assert torch.equal(first.features, again.features)
+    tiny = PairingCache(0.001)                              # 1 kB: nothing fits, so every call pairs again
+    a, b = tiny.get(7, make), tiny.get(7, make)
+    assert len(calls) == 4 and not tiny.items and torch.equal(a.features, b.features)
+    assert torch.equal(a.features, first.features)          # kept or not, the same numbers

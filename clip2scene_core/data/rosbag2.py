@@ -5,7 +5,8 @@ Layout read and written (the recorder node writes the same):
   per-point label field, `label` by default);
 - cameras as `sensor_msgs/Image` or `CompressedImage`, each with a `CameraInfo` in the same
   namespace (`/cam_front/image_raw[/compressed]` goes with `/cam_front/camera_info`), and optional
-  per-pixel label images at `<namespace>/labels` (mono8/mono16/32SC1, same stamp as the image);
+  per-pixel label images at `<namespace>/labels` (mono8/mono16/32SC1, same stamp as the image), and
+  the synthetic world's persistent surface ids at `<namespace>/instances` (the same encodings);
 - `/tf_static` for the extrinsics (chains resolved here), `/tf` for the ego pose over time.
 A recording may be one bag directory or a directory of bag directories (a split recording),
 read in name order as one stream. Each sweep is paired with the nearest image of every camera
@@ -65,6 +66,19 @@ def camera_namespace(topic: str) -> str:
     return "/".join(parts[:-1]) or "/"
 
 
+def pixel_image_names(label_images: str = "labels") -> dict[str, str]:
+    """{kind: topic name beside each camera's camera_info} of the per-pixel integer images, the kinds of
+    messages.PIXEL_IMAGES (the Camera attribute each is read into); label_images: the label images' name (a
+    labels:NAME teacher's NAME)."""
+    return {**conv.PIXEL_IMAGES, "label_image": label_images.strip("/")}
+
+
+def pixel_image_topics(camera_topic: str, label_images: str = "labels") -> dict[str, str]:
+    """{kind: topic} of the per-pixel integer images of the camera at camera_topic (see pixel_image_names)."""
+    namespace = camera_namespace(camera_topic).rstrip("/")
+    return {kind: f"{namespace}/{name}" for kind, name in pixel_image_names(label_images).items()}
+
+
 def camera_name(topic: str) -> str:
     """A camera's name in frames: the last part of its namespace, e.g. `cam_front`."""
     return camera_namespace(topic).rstrip("/").split("/")[-1] or topic
@@ -115,7 +129,8 @@ class BagLayout:
     world_frame: str = "map"
     ego_frame: str = "base_link"
     compressed: bool = True           # cameras as jpeg CompressedImage (else raw rgb8 Image)
-    label_images: str = "labels"       # write Camera.label_image at <namespace>/<label_images> ("": not at all)
+    # Camera.label_image at <namespace>/<label_images> and Camera.instance_image at <namespace>/instances ("": neither)
+    label_images: str = "labels"
 
     def camera_topic(self, name: str) -> str:
         return f"/{name.lower()}/image_raw" + ("/compressed" if self.compressed else "")
@@ -229,9 +244,10 @@ class BagWriter:
         roi = types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
         msg = types[CAMERA_INFO](header=header, binning_x=0, binning_y=0, roi=roi, **info)
         self.write_message(f"{namespace.rstrip('/')}/camera_info", CAMERA_INFO, camera.stamp_ns, msg)
-        if layout.label_images and camera.label_image is not None:
-            self.write_message(f"{namespace.rstrip('/')}/{layout.label_images}", IMAGE, camera.stamp_ns,
-                               _image_msg(header, camera.label_image))
+        if layout.label_images:
+            for kind, pixel_topic in pixel_image_topics(topic, layout.label_images).items():
+                if getattr(camera, kind) is not None:
+                    self.write_message(pixel_topic, IMAGE, camera.stamp_ns, _image_msg(header, getattr(camera, kind)))
 
 
 def _image_msg(header, array: np.ndarray):
@@ -294,7 +310,8 @@ class BagSource(FrameSource):
         CameraInfo beside it, when no namespace has more than one.
     label_field: the cloud's per-point label field, read into Frame.labels when present.
     label_images: name of the per-camera label-image topic beside each camera's camera_info
-        (`<namespace>/<label_images>`), read into Camera.label_image (a 2D segmenter's output).
+        (`<namespace>/<label_images>`), read into Camera.label_image (a 2D segmenter's output);
+        `<namespace>/instances`, when the bag has it, is read into Camera.instance_image.
     slop_ms: largest camera-LiDAR stamp difference that pairs.
     sweeps: previous sweeps attached to each frame (needs ego poses on /tf).
     """
@@ -339,8 +356,8 @@ class BagSource(FrameSource):
         return clouds[0]
 
     def _choose_cameras(self, types: dict[str, str], requested: list[str] | None) -> list[str]:
-        images = sorted(t for t, m in types.items()
-                        if m in (IMAGE, COMPRESSED_IMAGE) and not t.endswith(f"/{self.label_images}"))
+        pixel_images = tuple(f"/{name}" for name in pixel_image_names(self.label_images).values())
+        images = sorted(t for t, m in types.items() if m in (IMAGE, COMPRESSED_IMAGE) and not t.endswith(pixel_images))
         if requested is not None:
             for topic in requested:
                 if types.get(topic) not in (IMAGE, COMPRESSED_IMAGE):
@@ -385,11 +402,12 @@ class BagSource(FrameSource):
     def _index(self, readers: list[AnyReader], topics: dict[str, list[tuple[int, object]]]) -> None:
         """One pass over the recording: headers of sensor messages, calibration, transforms; pairing."""
         info_topics = {self._info_topic(t): t for t in self.camera_topics}
-        label_topics = {f"{camera_namespace(t).rstrip('/')}/{self.label_images}": t for t in self.camera_topics}
-        wanted = {self.lidar_topic, *self.camera_topics, *info_topics, *label_topics, "/tf", "/tf_static"}
+        pixel_topics = {pixel_topic: (kind, self.camera_names[t]) for t in self.camera_topics
+                        for kind, pixel_topic in pixel_image_topics(t, self.label_images).items()}
+        wanted = {self.lidar_topic, *self.camera_topics, *info_topics, *pixel_topics, "/tf", "/tf_static"}
         self.tree = TransformTree()
         self.intrinsics: dict[str, conv.Intrinsics] = {}
-        self.labels: dict[tuple[str, int], _Ref] = {}
+        self.pixel_refs: dict[tuple[str, str, int], _Ref] = {}  # (kind, camera, stamp): its per-pixel image
         self.lidar_refs: list[_Ref] = []
         camera_names = [self.camera_names[t] for t in self.camera_topics]
         sync = Synchronizer(camera_names, slop_ns=self.slop_ns, timeout_ns=None, queue_size=1_000_000)
@@ -420,8 +438,8 @@ class BagSource(FrameSource):
                         continue
                     self.lidar_refs.append(ref)
                     groups += sync.add_lidar(stamp_ns, ref, log_time)
-                elif topic in label_topics:
-                    self.labels[(self.camera_names[label_topics[topic]], stamp_ns)] = ref
+                elif topic in pixel_topics:
+                    self.pixel_refs[(*pixel_topics[topic], stamp_ns)] = ref
                 else:
                     groups += sync.add_camera(self.camera_names[topic], stamp_ns, ref, log_time)
         groups += sync.flush()
@@ -567,10 +585,9 @@ class BagSource(FrameSource):
             if image.shape[:2] != (intrinsics.height, intrinsics.width):
                 raise conv.MessageError(f"{what}: image is {image.shape[1]}x{image.shape[0]} but its CameraInfo says "
                                         f"{intrinsics.width}x{intrinsics.height}")
-            label_ref = self.labels.get((name, ref.stamp_ns))
-            label_image = None
-            if label_ref is not None:
-                label_image = conv.decode_label_image(self._deserialize(label_ref), f"labels of {what}")
+            pixels = {kind: conv.decode_label_image(self._deserialize(pixel_ref), f"{kind} of {what}")
+                      for kind in conv.PIXEL_IMAGES
+                      if (pixel_ref := self.pixel_refs.get((kind, name, ref.stamp_ns))) is not None}
             camera_pose = self._ego_pose(ref.stamp_ns)
             camera_to_ego = self.tree.lookup(self.ego_frame, ref.frame_id)
         except (conv.MessageError, TransformError) as error:
@@ -582,5 +599,5 @@ class BagSource(FrameSource):
         lidar_to_camera[:3, 3] += intrinsics.offset  # a rectified stereo camera's baseline, from its P
         return Camera(name=name, image=image, intrinsics=intrinsics.K, lidar_to_camera=lidar_to_camera,
                       stamp_ns=ref.stamp_ns, distortion_model=intrinsics.distortion_model,
-                      distortion=intrinsics.distortion, label_image=label_image,
+                      distortion=intrinsics.distortion, **pixels,
                       ego_pose=camera_pose if self.has_poses else None, frame_id=ref.frame_id)
