@@ -123,29 +123,16 @@ def mean_or_none(values: list) -> float | None:
     return round(statistics.fmean(known), 1) if known else None
 
 
-def previous_results(name: str, settings: dict) -> dict:
-    """results/NAME.json when it was measured with these settings, else {}."""
-    path = RESULTS / f"{name}.json"
-    previous = json.loads(path.read_text()) if path.exists() else {}
-    return previous if previous.get("settings") == settings else {}
-
-
-def record(ledger: Path, settings: dict, key: str | None = None, run: dict | None = None,
-           seed_from: str | None = None) -> dict:
+def record(ledger: Path, settings: dict, key: str | None = None, run: dict | None = None) -> dict:
     """The finished runs of these settings, with `run` added under `key`; read and written under a lock, so that
-    several processes (one per seed) can share one ledger. Runs of results/SEED_FROM.json with the same settings
-    that the ledger lacks are added to it (an earlier measurement merged, not rerun)."""
+    several processes (one per seed) can share one ledger."""
     with open(ledger.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         done = json.loads(ledger.read_text()) if ledger.exists() else {}
         if done.get("settings") != settings:
             done = {"settings": settings, "runs": {}}
-        earlier = previous_results(seed_from, settings).get("runs", {}) if seed_from else {}
-        merged = {name: value for name, value in earlier.items() if name not in done["runs"]}
-        done["runs"].update(merged)
         if key is not None:
             done["runs"][key] = run
-        if key is not None or merged:
             temporary = ledger.with_suffix(".tmp")
             temporary.write_text(json.dumps(done, indent=1))
             temporary.replace(ledger)
